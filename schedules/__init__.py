@@ -1,0 +1,1 @@
+"""Hand-written schedules, one module per target kind."""

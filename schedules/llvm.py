@@ -1,0 +1,189 @@
+"""Hand-written CPU schedules, generic over shapes.
+
+Every choice below is derived from the workload and the target (SIMD width,
+core count); nothing is tabulated per shape.
+
+Depthwise, NHWC (channels are contiguous, so they are the vector axis):
+
+    for (b, i) in parallel(N * OH):                 # rows across cores
+      for jo in OW / WB:                            # a register block of WB pixels
+        for co in CM / V:                           # one channel vector
+          acc[WB, V] = 0
+          for di, dj in KH x KW:                    # unrolled
+            for ji in WB:                           # unrolled
+              acc[ji, :] += x[b, i*s + di*r, (jo*WB + ji)*s + dj*r, co*V:+V] * f[di, dj, co*V:+V]
+          out[b, i, jo*WB:+WB, co*V:+V] = acc
+
+Depthwise, NCHW (width is contiguous): the same nest with rows of the output
+blocked in registers and the width as the vector axis, parallel over (b, c).
+
+Pointwise (separable's second stage) is a GEMM, [pixels, C*M] x [C*M, O]:
+
+    for (oo, mo) in parallel(O / NR x P / MR):      # output-channel panel outermost
+      acc[MR, NR] = 0                               # MR x NR/V vector registers
+      for c in C*M:
+        for mi in MR:                               # unrolled
+          acc[mi, :] += mid[mo*MR + mi, c] * w[c, oo*NR:+NR]
+      out[mo*MR:+MR, oo*NR:+NR] = acc
+
+with the weights repacked per panel into [O/NR, C*M, NR] so the inner loop
+streams through them. For NCHW the roles flip: pixels are the vector axis
+and output channels are broadcast from the weights.
+
+Padding is inlined into the depthwise loads; the zero test sits under
+`likely` so loop partitioning can drop it in the interior.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+from tvm.target import Target
+
+from tvmsep.spec import Workload
+
+__all__ = ["VERSION", "schedule", "vector_lanes"]
+
+# Bump when a change here should invalidate compiled modules in user caches
+# (the cache key also hashes this file's source).
+VERSION = 1
+
+# Output pixels per register block in depthwise: WB accumulators plus an
+# input and a filter vector stay well inside 16 (AVX2) or 32 (AVX-512) registers.
+DEPTHWISE_PIXEL_BLOCK = 8
+# Output rows per register block in NCHW depthwise (width is the vector axis).
+DEPTHWISE_ROW_BLOCK = 4
+# GEMM micro-tile: MR rows x NR_VECTORS vectors of accumulators.
+GEMM_ROWS = 8
+GEMM_VECTORS = 2
+# Waking the thread pool costs ~5 us; below this much work one core is faster.
+PARALLEL_MIN_FLOPS = 500_000
+
+
+def vector_lanes(target: Target, dtype: str) -> int:
+    """SIMD lanes for `dtype` on the target's widest vector unit (fp16 computes in fp32)."""
+    mcpu = str(target.attrs.get("mcpu", ""))
+    features = " ".join(str(a) for a in target.attrs.get("mattr", []))
+    wide = "avx512" in features or mcpu in _AVX512_CPUS or mcpu.startswith(("znver4", "znver5"))
+    bits = 512 if wide else 256 if (mcpu or "avx2" in features) else 128
+    element = 64 if dtype == "float64" else 32
+    return bits // element
+
+
+_AVX512_CPUS = {
+    "skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client", "icelake-server",
+    "tigerlake", "sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d", "rocketlake",
+    "x86-64-v4",
+}
+
+
+def _factor(extent: int, preferred: int) -> int:
+    """Largest divisor of `extent` that is <= `preferred` (whole extent if it already fits)."""
+    if extent <= preferred:
+        return extent
+    return max(d for d in range(1, preferred + 1) if extent % d == 0)
+
+
+def _block(extent: int, preferred: int) -> int:
+    """A register-block size: a divisor when a good one exists, else `preferred` with a tail."""
+    divisor = _factor(extent, preferred)
+    return divisor if 2 * divisor > preferred else preferred
+
+
+def _vector(extent: int, lanes: int) -> int:
+    """Vector width along an axis: the largest divisor of the extent up to `lanes`."""
+    return _factor(extent, lanes)
+
+
+def schedule(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
+    """Schedule every stage of `wl`'s PrimFunc in place."""
+    lanes = vector_lanes(target, wl.dtype)
+    parallel = wl.flops >= PARALLEL_MIN_FLOPS and int(target.attrs.get("num-cores", 1)) > 1
+    _depthwise(sch, wl, lanes, parallel)
+    if wl.op == "separable":
+        _pointwise(sch, wl, lanes, parallel)
+
+
+def _has_block(sch: s_tir.Schedule, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+    except Exception:  # the schedule raises its own error type for a missing block
+        return False
+    return True
+
+
+def _accumulator(sch: s_tir.Schedule, name: str) -> tuple:
+    """(compute block, store block): accumulate in registers, store once per tile.
+
+    float16 already has an explicit `<name>_cast` stage that stores; otherwise
+    the accumulator is a local cache of the output.
+    """
+    block = sch.get_sblock(name)
+    if _has_block(sch, name + "_cast"):
+        return block, sch.get_sblock(name + "_cast")
+    return block, sch.cache_write(block, 0, "local")
+
+
+def _finish_tile(sch: s_tir.Schedule, block, store, tile_loop, init_loop) -> None:
+    """Place the store under the tile loop, split init from update, vectorize both."""
+    sch.reverse_compute_at(store, tile_loop)
+    sch.set_scope(block, 0, "local")
+    init = sch.decompose_reduction(block, init_loop)
+    for b in (init, store):
+        loops = sch.get_loops(b)
+        sch.vectorize(loops[-1])
+        sch.unroll(loops[-2])
+
+
+def _depthwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool) -> None:
+    block, store = _accumulator(sch, "depthwise")
+    if wl.layout == "NHWC":
+        if _has_block(sch, "pad"):
+            sch.compute_inline(sch.get_sblock("pad"))
+        b, i, j, c, di, dj = sch.get_loops(block)
+        jo, ji = sch.split(j, [None, _block(wl.out_width, DEPTHWISE_PIXEL_BLOCK)])
+        co, vec = sch.split(c, [None, _vector(wl.mid_channels, lanes)])
+        sch.reorder(b, i, jo, co, di, dj, ji, vec)
+        rows = sch.fuse(b, i)
+        tile, block_loop = co, ji
+    else:
+        b, c, i, j, di, dj = sch.get_loops(block)
+        io, ii = sch.split(i, [None, _block(wl.out_height, DEPTHWISE_ROW_BLOCK)])
+        jo, vec = sch.split(j, [None, _vector(wl.out_width, lanes)])
+        sch.reorder(b, c, io, jo, di, dj, ii, vec)
+        rows = sch.fuse(b, c, io)
+        tile, block_loop = jo, ii
+        if _has_block(sch, "pad"):
+            # Width is the vector axis here, so an inlined zero test would be
+            # per lane: stage the padded rows of this block instead.
+            pad = sch.get_sblock("pad")
+            sch.compute_at(pad, rows)
+            sch.vectorize(sch.get_loops(pad)[-1])
+    if parallel:
+        sch.parallel(rows)
+    sch.vectorize(vec)
+    for loop in (di, dj, block_loop):
+        sch.unroll(loop)
+    _finish_tile(sch, block, store, tile, di)
+
+
+def _pointwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool) -> None:
+    # Tiles stay inside one output row: a tile that wrapped rows would make
+    # the store's region a bounding box of whole rows.
+    block, store = _accumulator(sch, "pointwise")
+    if wl.layout == "NHWC":
+        b, i, j, o, c = sch.get_loops(block)
+        jo, ji = sch.split(j, [None, _block(wl.out_width, GEMM_ROWS)])
+        oo, vec = sch.split(o, [None, _vector(wl.out_channels, GEMM_VECTORS * lanes)])
+        sch.reorder(oo, b, i, jo, c, ji, vec)
+        outer = sch.fuse(oo, b, i, jo)
+    else:
+        b, o, i, j, c = sch.get_loops(block)
+        jo, vec = sch.split(j, [None, _vector(wl.out_width, GEMM_VECTORS * lanes)])
+        oo, ji = sch.split(o, [None, _block(wl.out_channels, GEMM_ROWS)])
+        sch.reorder(b, oo, i, jo, c, ji, vec)
+        outer = sch.fuse(b, oo, i, jo)
+    if parallel:
+        sch.parallel(outer)
+    sch.vectorize(vec)
+    sch.unroll(ji)
+    _finish_tile(sch, block, store, outer, c)

@@ -1,0 +1,201 @@
+"""Compiled modules, on disk and in memory.
+
+Disk layout, one entry per key (a sha256 of everything that changes the
+generated code):
+
+    <dir>/<key>.so       the exported library
+    <dir>/<key>.sha256   its checksum, written after the library
+
+Writers hold `<key>.lock` (flock) and publish each file by rename, so other
+processes never see a half-written library and never compile the same key
+twice at once. A library whose checksum does not match is never loaded:
+it is rebuilt, with a warning. A cache directory that cannot be created or
+written, or that other users can write to, turns the disk cache off (with a
+warning); the in-memory cache still works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import inspect
+import json
+import os
+import stat
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator
+
+import tvm
+
+from . import compute
+from .spec import Workload
+
+__all__ = ["CacheWarning", "cache_dir", "cache_key", "ModuleCache"]
+
+# Bump when the on-disk layout or the compiled-function convention changes.
+FORMAT_VERSION = 1
+
+
+class CacheWarning(UserWarning):
+    """The disk cache was skipped or repaired; results are unaffected."""
+
+
+def cache_dir() -> Path:
+    """`TVMSEP_CACHE_DIR`, else `~/.cache/tvmsep`."""
+    env = os.environ.get("TVMSEP_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "tvmsep"
+
+
+def _source_digest(*modules) -> str:
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(inspect.getsource(module).encode())
+    return digest.hexdigest()
+
+
+def cache_key(wl: Workload, target: tvm.target.Target, schedule_module) -> str:
+    """Hash of workload, target, TE + schedule source, TVM version and cache format."""
+    from . import __version__
+    payload = {
+        "format": FORMAT_VERSION,
+        "workload": wl.to_json(),
+        "target": str(target),
+        "code": _source_digest(compute, schedule_module),
+        "tvm": tvm.__version__,
+        "tvmsep": __version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:40]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _publish(path: Path, write: Callable[[str], None]) -> None:
+    """Write via `write(tmp_path)` into the same directory, fsync, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+class ModuleCache:
+    """Loads compiled modules by key: memory, then disk, then `build()`."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self._directory = directory
+        self._memory: dict[str, tvm.runtime.Module] = {}
+        self._lock = threading.Lock()
+        self._key_locks: dict[str, threading.Lock] = {}
+        self.builds = 0  # modules compiled by this process (tests read it)
+
+    @property
+    def directory(self) -> Path:
+        return self._directory if self._directory is not None else cache_dir()
+
+    def get(self, key: str, build: Callable[[], tvm.runtime.Module]) -> tuple[tvm.runtime.Module, str]:
+        """(module, how): how is "memory", "disk" or "compiled"."""
+        module = self._memory.get(key)
+        if module is not None:
+            return module, "memory"
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:  # one thread per key compiles; the others wait and reuse
+            module = self._memory.get(key)
+            if module is not None:
+                return module, "memory"
+            module, how = self._load_or_build(key, build)
+            self._memory[key] = module
+            return module, how
+
+    def _load_or_build(self, key: str, build: Callable[[], tvm.runtime.Module]) -> tuple[tvm.runtime.Module, str]:
+        directory = self._usable_directory()
+        if directory is None:
+            return self._compile(build).jit(), "compiled"
+        with self._file_lock(directory / f"{key}.lock"):
+            library, checksum = directory / f"{key}.so", directory / f"{key}.sha256"
+            if library.exists():
+                try:
+                    expected = checksum.read_text().strip()
+                except OSError:
+                    expected = ""
+                if expected and _file_sha256(library) == expected:
+                    return tvm.runtime.load_module(str(library)), "disk"
+                warnings.warn(f"tvmsep: cached module {library} is truncated or corrupt; rebuilding it",
+                              CacheWarning, stacklevel=4)
+            executable = self._compile(build)
+            try:
+                _publish(library, executable.export_library)
+                _publish(checksum, lambda tmp: Path(tmp).write_text(_file_sha256(library) + "\n"))
+            except OSError as e:
+                warnings.warn(f"tvmsep: could not write the cache entry {library} ({e}); "
+                              "using the module from memory only", CacheWarning, stacklevel=4)
+            return executable.jit(), "compiled"
+
+    def _compile(self, build: Callable[[], tvm.runtime.Module]):
+        self.builds += 1
+        return build()
+
+    @contextlib.contextmanager
+    def _file_lock(self, path: Path) -> Iterator[None]:
+        with open(path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _usable_directory(self) -> Path | None:
+        """The cache directory if it is safe and writable, else None (with a warning)."""
+        directory = self.directory
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            info = directory.stat()
+        except OSError as e:
+            return self._memory_only(f"cannot create {directory} ({e})")
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or info.st_uid != os.getuid():
+            return self._memory_only(f"{directory} is writable by other users or not owned by you; "
+                                     "refusing to load code from it")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return self._memory_only(f"{directory} is not writable")
+        return directory
+
+    def _memory_only(self, reason: str) -> None:
+        warnings.warn(f"tvmsep: disk cache disabled: {reason}; compiled modules are kept in memory only",
+                      CacheWarning, stacklevel=5)
+        return None
+
+    def clear_memory(self) -> None:
+        with self._lock:
+            self._memory.clear()
+
+    def disk_entries(self) -> list[Path]:
+        directory = self.directory
+        return sorted(directory.glob("*.so")) if directory.is_dir() else []
+
+    def clear_disk(self) -> int:
+        """Remove every cache entry; returns how many libraries were removed."""
+        removed = 0
+        directory = self.directory
+        if not directory.is_dir():
+            return 0
+        for path in directory.iterdir():
+            if path.suffix in (".so", ".sha256", ".lock") or path.name.startswith("."):
+                removed += path.suffix == ".so"
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        return removed

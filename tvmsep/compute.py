@@ -1,0 +1,127 @@
+"""Tensor-expression definitions: the math, with no schedule.
+
+Every stage and reduce axis is named so schedules can fetch blocks by name:
+
+    pad        zero-padded input (schedules inline it)
+    depthwise  the KxK per-channel convolution
+    pointwise  the 1x1 channel mix of separable (a GEMM over channels)
+
+Shapes, in `Workload.layout` order:
+
+    input            NHWC [N, H, W, C]            NCHW [N, C, H, W]
+    filter           [KH, KW, C, M]               (TF's layout in both)
+    pointwise_filter [1, 1, C*M, O]
+    depthwise out    NHWC [N, OH, OW, C*M]        NCHW [N, C*M, OH, OW]
+    separable out    NHWC [N, OH, OW, O]          NCHW [N, O, OH, OW]
+
+Output channel `k*M + q` reads input channel `k` and filter `[:, :, k, q]`.
+float16 accumulates in float32 and rounds once per stage, as TF does.
+"""
+
+from __future__ import annotations
+
+import re
+
+import tvm
+from tvm import te, tirx
+
+from .spec import Workload
+
+__all__ = ["accumulation_dtype", "depthwise_compute", "separable_compute", "prim_func"]
+
+
+def accumulation_dtype(dtype: str) -> str:
+    return "float32" if dtype == "float16" else dtype
+
+
+def _pad(x: te.Tensor, wl: Workload) -> te.Tensor:
+    """Zero padding; the `likely` marks the interior for loop partitioning."""
+    h_axis, w_axis = (1, 2) if wl.layout == "NHWC" else (2, 3)
+    zero = tirx.const(0, wl.dtype)
+    shape = list(x.shape)
+    shape[h_axis] = wl.in_height + wl.pad_top + wl.pad_bottom
+    shape[w_axis] = wl.in_width + wl.pad_left + wl.pad_right
+
+    def padded(*idx):
+        h, w = idx[h_axis], idx[w_axis]
+        inside = tirx.all(h >= wl.pad_top, h < wl.pad_top + wl.in_height,
+                          w >= wl.pad_left, w < wl.pad_left + wl.in_width)
+        src = list(idx)
+        src[h_axis], src[w_axis] = h - wl.pad_top, w - wl.pad_left
+        return tirx.if_then_else(tirx.likely(inside), x[tuple(src)], zero)
+
+    return te.compute(shape, padded, name="pad")
+
+
+def depthwise_compute(x: te.Tensor, f: te.Tensor, wl: Workload) -> te.Tensor:
+    """out[b, i, j, k*M+q] = sum_{di,dj} f[di,dj,k,q] * x[b, s*i + r*di - pad, s*j + r*dj - pad, k]."""
+    padded = _pad(x, wl) if wl.pad_top + wl.pad_bottom + wl.pad_left + wl.pad_right else x
+    acc = accumulation_dtype(wl.dtype)
+    m = wl.multiplier
+    di = te.reduce_axis((0, wl.kernel_h), name="di")
+    dj = te.reduce_axis((0, wl.kernel_w), name="dj")
+
+    def tap(b, c, i, j):
+        row = i * wl.stride_h + di * wl.dilation_h
+        col = j * wl.stride_w + dj * wl.dilation_w
+        pixel = padded[b, row, col, c // m] if wl.layout == "NHWC" else padded[b, c // m, row, col]
+        return pixel.astype(acc) * f[di, dj, c // m, c % m].astype(acc)
+
+    shape = (wl.batch, wl.out_height, wl.out_width, wl.mid_channels) if wl.layout == "NHWC" else \
+        (wl.batch, wl.mid_channels, wl.out_height, wl.out_width)
+    if wl.layout == "NHWC":
+        body = lambda b, i, j, c: te.sum(tap(b, c, i, j), axis=[di, dj])  # noqa: E731
+    else:
+        body = lambda b, c, i, j: te.sum(tap(b, c, i, j), axis=[di, dj])  # noqa: E731
+    out = te.compute(shape, body, name="depthwise")
+    if acc != wl.dtype:
+        out = te.compute(shape, lambda *idx: out[idx].astype(wl.dtype), name="depthwise_cast")
+    return out
+
+
+def _pointwise(mid: te.Tensor, p: te.Tensor, wl: Workload) -> te.Tensor:
+    """out[b, i, j, o] = sum_c mid[b, i, j, c] * p[0, 0, c, o]."""
+    acc = accumulation_dtype(wl.dtype)
+    c = te.reduce_axis((0, wl.mid_channels), name="c")
+    if wl.layout == "NHWC":
+        shape = (wl.batch, wl.out_height, wl.out_width, wl.out_channels)
+        body = lambda b, i, j, o: te.sum(mid[b, i, j, c].astype(acc) * p[0, 0, c, o].astype(acc), axis=c)  # noqa: E731
+    else:
+        shape = (wl.batch, wl.out_channels, wl.out_height, wl.out_width)
+        body = lambda b, o, i, j: te.sum(mid[b, c, i, j].astype(acc) * p[0, 0, c, o].astype(acc), axis=c)  # noqa: E731
+    out = te.compute(shape, body, name="pointwise")
+    if acc != wl.dtype:
+        out = te.compute(shape, lambda *idx: out[idx].astype(wl.dtype), name="pointwise_cast")
+    return out
+
+
+def separable_compute(x: te.Tensor, f: te.Tensor, p: te.Tensor, wl: Workload) -> te.Tensor:
+    """Depthwise, then the 1x1 pointwise mix; the intermediate is a separate stage (unfused)."""
+    return _pointwise(depthwise_compute(x, f, wl), p, wl)
+
+
+def prim_func(wl: Workload) -> "tirx.PrimFunc":
+    """The unscheduled PrimFunc for `wl`: args are the inputs in call order, then the output."""
+    names = ("input", "filter", "pointwise_filter")
+    args = [te.placeholder(shape, wl.dtype, name=n) for n, shape in zip(names, wl.arg_shapes)]
+    if wl.op == "depthwise":
+        out = depthwise_compute(args[0], args[1], wl)
+    else:
+        out = separable_compute(args[0], args[1], args[2], wl)
+    func = te.create_prim_func([*args, out]).with_attr("global_symbol", "main")
+    return _element_aligned(func, wl.dtype)
+
+
+def _element_aligned(func: tirx.PrimFunc, dtype: str) -> tirx.PrimFunc:
+    """Redeclare the parameter buffers as aligned to one element only.
+
+    `create_prim_func` declares 64-byte-aligned parameters and the code
+    generator then emits aligned vector moves, which fault on ordinary numpy
+    and torch arrays (16-byte aligned). With element alignment the same
+    code uses unaligned moves (as fast on aligned data) and every caller's
+    array works in place. TVM 0.27 exposes no buffer map on PrimFunc, so the
+    parameters are rewritten in TVMScript, TVM's own round-trippable form.
+    """
+    itemsize = tvm.DataType(dtype).bits // 8
+    text = re.sub(r'(: T\.Buffer\(\([^)]*\), "\w+")\)', rf"\1, align={itemsize})", func.script())
+    return tvm.script.from_source(text)

@@ -1,0 +1,321 @@
+"""TF-style arguments -> one frozen, hashable workload.
+
+This module is the only place that validates user input. Everything
+downstream (compute, schedules, build, cache) sees a `Workload`, whose
+padding is explicit (before, after) pairs and whose fields are plain ints
+and strings, and trusts it.
+
+TF's SAME rule (`tf.nn` padding docs), per spatial dimension:
+
+    out    = ceil(in / stride)
+    total  = max((out - 1) * stride + (k - 1) * rate + 1 - in, 0)
+    before = total // 2          # the extra row/column goes after
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import Any, Sequence
+
+__all__ = [
+    "Workload",
+    "SUPPORTED_DTYPES",
+    "same_padding",
+    "depthwise_workload",
+    "separable_workload",
+]
+
+SUPPORTED_DTYPES = ("float16", "float32", "float64")
+LAYOUTS = ("NHWC", "NCHW")
+OPS = ("depthwise", "separable")
+# Extents and index arithmetic in the generated code are int32.
+_MAX_ELEMENTS = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """One convolution, fully resolved.
+
+    Fields are in TF's vocabulary; pads are explicit and non-negative.
+    `out_channels` is `in_channels * multiplier` for depthwise and the
+    pointwise filter's last dimension for separable.
+    """
+
+    op: str  # "depthwise" or "separable"
+    layout: str  # "NHWC" or "NCHW"
+    dtype: str  # one of SUPPORTED_DTYPES, shared by inputs and output
+    batch: int
+    in_height: int
+    in_width: int
+    in_channels: int
+    kernel_h: int
+    kernel_w: int
+    multiplier: int
+    out_channels: int
+    stride_h: int
+    stride_w: int
+    dilation_h: int
+    dilation_w: int
+    pad_top: int
+    pad_bottom: int
+    pad_left: int
+    pad_right: int
+
+    @property
+    def mid_channels(self) -> int:
+        """Channels of the depthwise result: in_channels * multiplier."""
+        return self.in_channels * self.multiplier
+
+    @property
+    def out_height(self) -> int:
+        span = (self.kernel_h - 1) * self.dilation_h + 1
+        return (self.in_height + self.pad_top + self.pad_bottom - span) // self.stride_h + 1
+
+    @property
+    def out_width(self) -> int:
+        span = (self.kernel_w - 1) * self.dilation_w + 1
+        return (self.in_width + self.pad_left + self.pad_right - span) // self.stride_w + 1
+
+    def _nd(self, channels: int, height: int, width: int) -> tuple[int, int, int, int]:
+        if self.layout == "NHWC":
+            return (self.batch, height, width, channels)
+        return (self.batch, channels, height, width)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return self._nd(self.in_channels, self.in_height, self.in_width)
+
+    @property
+    def filter_shape(self) -> tuple[int, int, int, int]:
+        return (self.kernel_h, self.kernel_w, self.in_channels, self.multiplier)
+
+    @property
+    def pointwise_shape(self) -> tuple[int, int, int, int]:
+        return (1, 1, self.mid_channels, self.out_channels)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return self._nd(self.out_channels, self.out_height, self.out_width)
+
+    @property
+    def arg_shapes(self) -> tuple[tuple[int, int, int, int], ...]:
+        """Shapes of the kernel's inputs, in call order."""
+        if self.op == "depthwise":
+            return (self.input_shape, self.filter_shape)
+        return (self.input_shape, self.filter_shape, self.pointwise_shape)
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds counted as two flops."""
+        spatial = self.batch * self.out_height * self.out_width
+        depthwise = 2 * spatial * self.mid_channels * self.kernel_h * self.kernel_w
+        if self.op == "depthwise":
+            return depthwise
+        return depthwise + 2 * spatial * self.mid_channels * self.out_channels
+
+    def describe(self) -> str:
+        """Short human-readable form, e.g. `dw 1x112x112x32 k3 s2 -> 1x56x56x32`."""
+        shape = "x".join(map(str, self.input_shape))
+        out = "x".join(map(str, self.output_shape))
+        extra = ""
+        if self.multiplier != 1:
+            extra += f" m{self.multiplier}"
+        if (self.dilation_h, self.dilation_w) != (1, 1):
+            extra += f" r{self.dilation_h}"
+        stride = self.stride_h if self.stride_h == self.stride_w else f"{self.stride_h},{self.stride_w}"
+        kernel = self.kernel_h if self.kernel_h == self.kernel_w else f"{self.kernel_h}x{self.kernel_w}"
+        op = "dw" if self.op == "depthwise" else "sep"
+        return f"{op} {self.layout} {shape} k{kernel} s{stride}{extra} {self.dtype} -> {out}"
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, fields: dict[str, Any]) -> "Workload":
+        return cls(**fields)
+
+
+def same_padding(in_size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TF's SAME padding for one spatial dimension, as (before, after)."""
+    out = -(-in_size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - in_size, 0)
+    return total // 2, total - total // 2
+
+
+# --------------------------------------------------------------------------
+# Argument checks. Each names the op, the argument and what is allowed.
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _int_list(op: str, name: str, value: Any, length: int) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) and not hasattr(value, "__len__"):
+        raise TypeError(f"{op}: `{name}` must be a list of {length} ints, got {value!r}")
+    items = list(value)
+    if len(items) != length or not all(_is_int(v) for v in items):
+        raise ValueError(f"{op}: `{name}` must be a list of {length} ints, got {value!r}")
+    return tuple(int(v) for v in items)
+
+
+def _dtype_name(op: str, name: str, dtype: Any) -> str:
+    text = str(dtype)
+    if text not in SUPPORTED_DTYPES:
+        raise TypeError(f"{op}: `{name}` has dtype {text}; supported dtypes are {', '.join(SUPPORTED_DTYPES)}")
+    return text
+
+
+def _shape(op: str, name: str, shape: Sequence[int], rank: int = 4) -> tuple[int, ...]:
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != rank:
+        raise ValueError(f"{op}: `{name}` must be {rank}-D, got shape {shape}")
+    return shape
+
+
+def _data_format(op: str, data_format: Any) -> str:
+    if data_format is None:
+        return "NHWC"
+    if data_format not in LAYOUTS:
+        raise ValueError(f"{op}: `data_format` must be 'NHWC' or 'NCHW', got {data_format!r}")
+    return data_format
+
+
+def _dilation(op: str, rate: Any, dilations: Any) -> tuple[int, int]:
+    """`rate` (TF1) and `dilations` (TF2) name the same thing; either may be given."""
+    resolved = []
+    for name, value in (("rate", rate), ("dilations", dilations)):
+        if value is None:
+            continue
+        pair = (int(value),) * 2 if _is_int(value) else _int_list(op, name, value, 2)
+        if min(pair) < 1:
+            raise ValueError(f"{op}: `{name}` must be positive ints, got {value!r}")
+        resolved.append(pair)
+    if len(resolved) == 2 and resolved[0] != resolved[1]:
+        raise ValueError(f"{op}: `rate` {rate!r} and `dilations` {dilations!r} disagree; give one of them")
+    return resolved[0] if resolved else (1, 1)
+
+
+def _spatial_pads(op: str, padding: Any, layout: str, sizes: tuple[int, int],
+                  kernels: tuple[int, int], strides: tuple[int, int],
+                  dilations: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    if isinstance(padding, str):
+        if padding == "VALID":
+            return (0, 0), (0, 0)
+        if padding == "SAME":
+            return tuple(same_padding(*dim) for dim in zip(sizes, kernels, strides, dilations))  # type: ignore[return-value]
+        raise ValueError(f"{op}: `padding` must be 'SAME', 'VALID' or a list of 4 [before, after] pairs, "
+                         f"got {padding!r}")
+    bad = ValueError(f"{op}: explicit `padding` must be 4 [before, after] pairs of non-negative ints in "
+                     f"{layout} order, got {padding!r}")
+    try:
+        pairs = [tuple(p) for p in padding]
+    except TypeError as e:
+        raise bad from e
+    if len(pairs) != 4 or any(len(p) != 2 or not all(_is_int(v) and v >= 0 for v in p) for p in pairs):
+        raise bad
+    batch, channel = (0, 3) if layout == "NHWC" else (0, 1)
+    if any(pairs[i] != (0, 0) for i in (batch, channel)):
+        raise ValueError(f"{op}: explicit `padding` on the batch and channel dimensions must be [0, 0], "
+                         f"got {padding!r}")
+    h, w = (1, 2) if layout == "NHWC" else (2, 3)
+    return tuple(int(v) for v in pairs[h]), tuple(int(v) for v in pairs[w])  # type: ignore[return-value]
+
+
+def _spatial_strides(op: str, strides: Any, layout: str, sizes: tuple[int, int]) -> tuple[int, int]:
+    values = _int_list(op, "strides", strides, 4)
+    batch, channel = (0, 3) if layout == "NHWC" else (0, 1)
+    if values[batch] != 1 or values[channel] != 1:
+        raise ValueError(f"{op}: `strides` must be 1 on the batch and channel dimensions "
+                         f"({layout} order), got {list(values)}")
+    spatial = (values[1], values[2]) if layout == "NHWC" else (values[2], values[3])
+    for axis, stride, size in zip(("height", "width"), spatial, sizes):
+        if not 1 <= stride <= size:
+            raise ValueError(f"{op}: the {axis} stride must be between 1 and the input {axis} ({size}), "
+                             f"got {stride} in `strides` {list(values)}")
+    return spatial
+
+
+def _workload(op: str, input_shape: Sequence[int], input_dtype: Any, filter_shape: Sequence[int],
+              filter_dtype: Any, strides: Any, padding: Any, rate: Any, data_format: Any,
+              dilations: Any, pointwise: tuple[Sequence[int], Any] | None, name: Any) -> Workload:
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"{op}: `name` must be a string or None, got {name!r}")
+    layout = _data_format(op, data_format)
+    x_shape = _shape(op, "input", input_shape)
+    f_shape = _shape(op, "filter", filter_shape)
+    dtype = _dtype_name(op, "input", input_dtype)
+    dtypes = [("filter", filter_dtype)] + ([("pointwise_filter", pointwise[1])] if pointwise else [])
+    for arg, other in dtypes:
+        if _dtype_name(op, arg, other) != dtype:
+            raise TypeError(f"{op}: `{arg}` has dtype {other} but `input` has {dtype}; they must match")
+
+    batch, height, width, channels = x_shape if layout == "NHWC" else (x_shape[0], *x_shape[2:], x_shape[1])
+    if min(height, width, channels) < 1 or batch < 0:
+        raise ValueError(f"{op}: `input` shape {x_shape} ({layout}) must have positive height, width "
+                         "and channels")
+    kh, kw, f_channels, multiplier = f_shape
+    if min(kh, kw, multiplier) < 1:
+        raise ValueError(f"{op}: `filter` shape {f_shape} must be positive "
+                         "[filter_height, filter_width, in_channels, channel_multiplier]")
+    if f_channels != channels:
+        raise ValueError(f"{op}: `filter` has {f_channels} input channels (shape {f_shape}) but `input` "
+                         f"has {channels} (shape {x_shape}, {layout})")
+
+    dil = _dilation(op, rate, dilations)
+    stride = _spatial_strides(op, strides, layout, (height, width))
+    if max(dil) > 1 and max(stride) > 1:
+        raise ValueError(f"{op}: dilation {list(dil)} > 1 requires all strides to be 1, got strides "
+                         f"{list(strides)}")
+    (top, bottom), (left, right) = _spatial_pads(op, padding, layout, (height, width), (kh, kw), stride, dil)
+
+    out_channels = channels * multiplier
+    if pointwise is not None:
+        p_shape = _shape(op, "pointwise_filter", pointwise[0])
+        if p_shape[:3] != (1, 1, channels * multiplier) or p_shape[3] < 1:
+            raise ValueError(f"{op}: `pointwise_filter` must have shape [1, 1, {channels * multiplier}, "
+                             f"out_channels] (in_channels * channel_multiplier = {channels} * {multiplier}), "
+                             f"got {p_shape}")
+        out_channels = p_shape[3]
+
+    wl = Workload(op="depthwise", layout=layout, dtype=dtype, batch=batch, in_height=height, in_width=width,
+                  in_channels=channels, kernel_h=kh, kernel_w=kw, multiplier=multiplier,
+                  out_channels=out_channels, stride_h=stride[0], stride_w=stride[1],
+                  dilation_h=dil[0], dilation_w=dil[1], pad_top=top, pad_bottom=bottom,
+                  pad_left=left, pad_right=right)
+    if wl.out_height < 1 or wl.out_width < 1:
+        raise ValueError(f"{op}: the dilated filter ({(kh - 1) * dil[0] + 1}x{(kw - 1) * dil[1] + 1}) is larger "
+                         f"than the padded input ({height + top + bottom}x{width + left + right}); "
+                         f"padding {padding!r} leaves no output")
+    sizes = [wl.input_shape, wl.output_shape, (batch, wl.out_height, wl.out_width, wl.mid_channels),
+             (height + top + bottom, width + left + right, channels, max(batch, 1))]
+    if any(_prod(s) > _MAX_ELEMENTS for s in sizes):
+        raise ValueError(f"{op}: tensors of more than {_MAX_ELEMENTS} elements are not supported "
+                         f"(input {wl.input_shape}, output {wl.output_shape})")
+    return wl
+
+
+def _prod(shape: Sequence[int]) -> int:
+    total = 1
+    for d in shape:
+        total *= d
+    return total
+
+
+def depthwise_workload(input_shape: Sequence[int], input_dtype: Any, filter_shape: Sequence[int],
+                       filter_dtype: Any, strides: Any, padding: Any, rate: Any = None,
+                       name: Any = None, data_format: Any = None, dilations: Any = None) -> Workload:
+    """Validate `tf.nn.depthwise_conv2d` arguments (by shape and dtype) into a Workload."""
+    return _workload("depthwise_conv2d", input_shape, input_dtype, filter_shape, filter_dtype, strides,
+                     padding, rate, data_format, dilations, None, name)
+
+
+def separable_workload(input_shape: Sequence[int], input_dtype: Any, depthwise_shape: Sequence[int],
+                       depthwise_dtype: Any, pointwise_shape: Sequence[int], pointwise_dtype: Any,
+                       strides: Any, padding: Any, rate: Any = None, name: Any = None,
+                       data_format: Any = None, dilations: Any = None) -> Workload:
+    """Validate `tf.nn.separable_conv2d` arguments (by shape and dtype) into a Workload."""
+    wl = _workload("separable_conv2d", input_shape, input_dtype, depthwise_shape, depthwise_dtype, strides,
+                   padding, rate, data_format, dilations, (pointwise_shape, pointwise_dtype), name)
+    return dataclasses.replace(wl, op="separable")

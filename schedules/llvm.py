@@ -123,15 +123,25 @@ def _accumulator(sch: s_tir.Schedule, name: str) -> tuple:
     return block, sch.cache_write(block, 0, "local")
 
 
+def _depth(sch: s_tir.Schedule, block, loop) -> int:
+    """How many loops enclose `loop` on `block`'s path."""
+    target = sch.get(loop)
+    return next(i for i, rv in enumerate(sch.get_loops(block)) if sch.get(rv).same_as(target))
+
+
 def _finish_tile(sch: s_tir.Schedule, block, store, tile_loop, init_loop) -> None:
     """Place the store under the tile loop, split init from update, vectorize both."""
+    tile_depth = _depth(sch, block, tile_loop) + 1  # loops at and above the tile loop
+    init_depth = _depth(sch, block, init_loop)  # loops above the reduction
     sch.reverse_compute_at(store, tile_loop)
     sch.set_scope(block, 0, "local")
     init = sch.decompose_reduction(block, init_loop)
-    for b in (init, store):
-        loops = sch.get_loops(b)
-        sch.vectorize(loops[-1])
-        sch.unroll(loops[-2])
+    for b, depth in ((init, init_depth), (store, tile_depth)):
+        inner = sch.get_loops(b)[depth:]  # the new loops (unit loops are dropped)
+        if inner:
+            sch.vectorize(inner[-1])
+        if len(inner) > 1:
+            sch.unroll(inner[-2])
 
 
 def _depthwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool) -> None:

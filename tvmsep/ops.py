@@ -76,7 +76,8 @@ def _call(op: str, arrays: tuple[tuple[str, Any], ...], options: tuple, target: 
     hit = _memo.get(memo_key) if memo_key is not None else None
     if hit is None:
         wl = _workload(op, inputs, options)
-        hit = (wl, get_kernel(wl, target))
+        resolve_target(target)  # a bad target is an error even when there is nothing to compute
+        hit = (wl, get_kernel(wl, target) if wl.batch else _EmptyBatch(wl))
         if memo_key is not None and len(_memo) < _MEMO_LIMIT:
             _memo[memo_key] = hit
     wl, kernel = hit
@@ -84,6 +85,16 @@ def _call(op: str, arrays: tuple[tuple[str, Any], ...], options: tuple, target: 
         return wrap(kernel.run(inputs, None))
     kernel.run(inputs, _checked_out(out, wl, inputs, op))
     return out
+
+
+class _EmptyBatch:
+    """Stands in for a kernel when the batch is empty: nothing to compile or run."""
+
+    def __init__(self, workload: Workload) -> None:
+        self.workload = workload
+
+    def run(self, inputs: list[np.ndarray], out: np.ndarray | None) -> np.ndarray:
+        return np.empty(self.workload.output_shape, self.workload.dtype) if out is None else out
 
 
 def _workload(op: str, inputs: list[np.ndarray], options: tuple) -> Workload:

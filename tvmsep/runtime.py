@@ -70,7 +70,6 @@ class Kernel:
         wl = self.workload
         if out is None:
             out = np.empty(wl.output_shape, wl.dtype)
-        if wl.batch:
-            args = [tvm_ffi.from_dlpack(a if a.flags.c_contiguous else np.ascontiguousarray(a)) for a in inputs]
-            self._function(*args, tvm_ffi.from_dlpack(out))
+        args = [tvm_ffi.from_dlpack(a if a.flags.c_contiguous else np.ascontiguousarray(a)) for a in inputs]
+        self._function(*args, tvm_ffi.from_dlpack(out))
         return out

@@ -1,0 +1,225 @@
+"""The public ops against the float64 reference: random configurations, real layers, edge cases."""
+
+import os
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import tvmsep
+from tvmsep.networks import network
+from tvmsep.reference import depthwise_reference, separable_reference
+from tvmsep.spec import depthwise_workload, separable_workload
+
+from conftest import assert_close
+
+EXAMPLES = int(os.environ.get("TVMSEP_TEST_EXAMPLES", "40"))
+
+
+@st.composite
+def configs(draw):
+    layout = draw(st.sampled_from(["NHWC", "NCHW"]))
+    dtype = draw(st.sampled_from(["float32", "float64", "float16"]))
+    kh, kw = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    rate = draw(st.integers(1, 3))
+    strides = (1, 1) if rate > 1 else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding_kind = draw(st.sampled_from(["SAME", "VALID", "explicit"]))
+    span_h, span_w = (kh - 1) * rate + 1, (kw - 1) * rate + 1
+    pads = [[draw(st.integers(0, 3)), draw(st.integers(0, 3))] for _ in range(2)]
+    need_h = span_h if padding_kind == "VALID" else 1
+    need_w = span_w if padding_kind == "VALID" else 1
+    h = draw(st.integers(max(need_h, strides[0]), max(need_h, strides[0]) + 9))
+    w = draw(st.integers(max(need_w, strides[1]), max(need_w, strides[1]) + 9))
+    if padding_kind == "explicit":
+        pads[0][1] += max(0, span_h - h - sum(pads[0]))
+        pads[1][1] += max(0, span_w - w - sum(pads[1]))
+        zero = [0, 0]
+        padding = [zero, pads[0], pads[1], zero] if layout == "NHWC" else [zero, zero, pads[0], pads[1]]
+    else:
+        padding = padding_kind
+    c, m = draw(st.integers(1, 20)), draw(st.integers(1, 4))
+    batch = draw(st.integers(1, 2))
+    x_shape = (batch, h, w, c) if layout == "NHWC" else (batch, c, h, w)
+    stride_list = [1, *strides, 1] if layout == "NHWC" else [1, 1, *strides]
+    rate_arg = draw(st.sampled_from([None, [rate, rate]])) if rate == 1 else [rate, rate]
+    out_channels = draw(st.integers(1, 24))
+    return dict(x_shape=x_shape, f_shape=(kh, kw, c, m), p_shape=(1, 1, c * m, out_channels),
+                strides=stride_list, padding=padding, rate=rate_arg, data_format=layout, dtype=dtype)
+
+
+def _random(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _poisoned(shape, dtype):
+    return np.full(shape, np.nan, dtype)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cfg=configs(), use_out=st.booleans())
+def test_depthwise_matches_reference(cfg, use_out):
+    rng = np.random.default_rng()
+    x, f = _random(rng, cfg["x_shape"], cfg["dtype"]), _random(rng, cfg["f_shape"], cfg["dtype"])
+    x_before, f_before = x.copy(), f.copy()
+    args = (cfg["strides"], cfg["padding"])
+    kwargs = dict(rate=cfg["rate"], data_format=cfg["data_format"])
+    wl = depthwise_workload(x.shape, x.dtype, f.shape, f.dtype, *args, **kwargs)
+    out = _poisoned(wl.output_shape, cfg["dtype"]) if use_out else None
+    y = tvmsep.depthwise_conv2d(x, f, *args, **kwargs, out=out)
+    assert y.dtype == x.dtype and (out is None or y is out)
+    assert_close(y, depthwise_reference(x, f, wl), cfg["dtype"])
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(f, f_before)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cfg=configs())
+def test_separable_matches_reference(cfg):
+    rng = np.random.default_rng()
+    x, f, p = (_random(rng, cfg[k], cfg["dtype"]) for k in ("x_shape", "f_shape", "p_shape"))
+    args = (cfg["strides"], cfg["padding"])
+    kwargs = dict(dilations=cfg["rate"], data_format=cfg["data_format"])
+    wl = separable_workload(x.shape, x.dtype, f.shape, f.dtype, p.shape, p.dtype, *args, **kwargs)
+    out = _poisoned(wl.output_shape, cfg["dtype"])
+    tvmsep.separable_conv2d(x, f, p, *args, **kwargs, out=out)
+    ref = separable_reference(x, f, p, wl)
+    if cfg["dtype"] == "float16":
+        # TF rounds the depthwise result to float16 before the 1x1 mix; compare with that.
+        mid = depthwise_reference(x, f, wl).astype(np.float16)
+        ref = separable_reference(mid, np.ones((1, 1, 1, 1)), p, _identity_workload(wl))
+    assert_close(out, ref, cfg["dtype"])
+
+
+def _identity_workload(wl):
+    """A 1x1, stride-1, unpadded depthwise of `wl`'s intermediate (so the reference only mixes)."""
+    import dataclasses
+    return dataclasses.replace(wl, in_height=wl.out_height, in_width=wl.out_width, in_channels=wl.mid_channels,
+                               kernel_h=1, kernel_w=1, multiplier=1, stride_h=1, stride_w=1, dilation_h=1,
+                               dilation_w=1, pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
+
+
+@pytest.mark.parametrize("layer", network("public"), ids=lambda layer: layer.name)
+def test_public_layers(layer, rng):
+    wl = layer.workload("separable")
+    x, f, p = (_random(rng, s, "float32") for s in (wl.input_shape, wl.filter_shape, wl.pointwise_shape))
+    rate = [layer.rate, layer.rate]
+    dw = tvmsep.depthwise_conv2d(x, f, layer.strides, layer.padding, rate)
+    assert_close(dw, depthwise_reference(x, f, layer.workload("depthwise")), "float32")
+    sep = tvmsep.separable_conv2d(x, f, p, layer.strides, layer.padding, rate)
+    assert_close(sep, separable_reference(x, f, p, wl), "float32")
+
+
+def test_empty_batch_gives_empty_result(rng):
+    x = np.zeros((0, 9, 9, 3), np.float32)
+    y = tvmsep.separable_conv2d(x, _random(rng, (3, 3, 3, 2), "float32"), _random(rng, (1, 1, 6, 4), "float32"),
+                                [1, 2, 2, 1], "SAME")
+    assert y.shape == (0, 5, 5, 4) and y.dtype == np.float32
+
+
+def test_nan_propagates_only_where_it_is_read(rng):
+    x = _random(rng, (1, 9, 9, 2), "float32")
+    x[0, 0, 0, 0] = np.nan
+    y = tvmsep.depthwise_conv2d(x, _random(rng, (3, 3, 2, 1), "float32"), [1, 1, 1, 1], "SAME")
+    nan = np.isnan(y)
+    assert nan[0, :2, :2, 0].all() and nan.sum() == 4  # the 2x2 outputs whose window covers (0, 0)
+
+
+def test_non_contiguous_and_nested_lists(rng):
+    base = _random(rng, (1, 12, 16, 6), "float64")
+    x = base[:, ::2, ::2, ::2]  # strided view, non-contiguous
+    f = np.asfortranarray(_random(rng, (3, 3, 3, 1), "float64"))
+    wl = depthwise_workload(x.shape, x.dtype, f.shape, f.dtype, [1, 1, 1, 1], "VALID")
+    assert_close(tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "VALID"), depthwise_reference(x, f, wl), "float64")
+    nested = tvmsep.depthwise_conv2d(x.tolist(), f.tolist(), [1, 1, 1, 1], "VALID")
+    assert_close(nested, depthwise_reference(x, f, wl), "float64")
+
+
+def test_misaligned_arrays_are_used_in_place(rng):
+    raw = _random(rng, (1 + 8 * 8 * 16,), "float32")
+    x = raw[1:].reshape(1, 8, 8, 16)  # 4 bytes past an allocation: not vector-aligned
+    out = np.full(1 + 8 * 8 * 16, np.nan, np.float32)[1:].reshape(1, 8, 8, 16)
+    f = _random(rng, (3, 3, 16, 1), "float32")
+    wl = depthwise_workload(x.shape, x.dtype, f.shape, f.dtype, [1, 1, 1, 1], "SAME")
+    assert tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", out=out) is out
+    assert_close(out, depthwise_reference(x, f, wl), "float32")
+
+
+@pytest.mark.parametrize("bad_out, error, words", [
+    (np.empty((1, 8, 8, 3), np.float32), ValueError, "`out` has shape"),
+    (np.empty((1, 8, 8, 4), np.float64), TypeError, "`out` has dtype float64"),
+    (np.empty((1, 8, 4, 8), np.float32).transpose(0, 1, 3, 2), ValueError, "C-contiguous"),
+    ([[0.0]], TypeError, "`out` must be a numpy array"),
+])
+def test_bad_out(bad_out, error, words, rng):
+    x, f = _random(rng, (1, 8, 8, 4), "float32"), _random(rng, (3, 3, 4, 1), "float32")
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
+        tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", out=bad_out)
+
+
+def test_out_may_not_alias_input(rng):
+    x, f = _random(rng, (1, 8, 8, 4), "float32"), _random(rng, (1, 1, 4, 1), "float32")
+    with pytest.raises(ValueError, match="overlaps an input"):
+        tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", out=x)
+
+
+def test_bad_target():
+    x, f = np.ones((1, 4, 4, 1), np.float32), np.ones((1, 1, 1, 1), np.float32)
+    with pytest.raises(TypeError, match="`target`"):
+        tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", target=42)
+
+
+def test_torch_tensors_round_trip_zero_copy(rng):
+    torch = pytest.importorskip("torch")
+    x = torch.from_numpy(_random(rng, (2, 10, 10, 8), "float32"))
+    f = torch.from_numpy(_random(rng, (3, 3, 8, 2), "float32")).requires_grad_()
+    y = tvmsep.depthwise_conv2d(x, f, [1, 2, 2, 1], "SAME")
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.float32
+    wl = depthwise_workload(tuple(x.shape), "float32", tuple(f.shape), "float32", [1, 2, 2, 1], "SAME")
+    assert_close(y.numpy(), depthwise_reference(x.numpy(), f.detach().numpy(), wl), "float32")
+    out = torch.full(tuple(y.shape), float("nan"))
+    assert tvmsep.depthwise_conv2d(x, f, [1, 2, 2, 1], "SAME", out=out) is out
+    assert_close(out.numpy(), depthwise_reference(x.numpy(), f.detach().numpy(), wl), "float32")
+    # zero-copy: the result's memory is what numpy sees through DLPack
+    assert np.from_dlpack(y).ctypes.data == y.data_ptr()
+
+
+def test_threads_share_kernels_safely(rng):
+    x = _random(rng, (1, 20, 20, 16), "float32")
+    filters = [_random(rng, (3, 3, 16, 1), "float32") for _ in range(8)]
+    wl = depthwise_workload(x.shape, x.dtype, filters[0].shape, "float32", [1, 1, 1, 1], "SAME")
+    expected = [depthwise_reference(x, f, wl) for f in filters]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(20):
+                assert_close(tvmsep.depthwise_conv2d(x, filters[i], [1, 1, 1, 1], "SAME"), expected[i], "float32")
+        except Exception as e:  # collected: assertion errors in threads do not fail the test by themselves
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_matches_tensorflow_to_the_index(rng):
+    """TF itself, where installed: the even-kernel, stride-2 SAME case that TVM's helper gets wrong."""
+    tf = pytest.importorskip("tensorflow")
+    x = _random(rng, (1, 10, 11, 3), "float32")
+    f, p = _random(rng, (4, 2, 3, 2), "float32"), _random(rng, (1, 1, 6, 5), "float32")
+    for layout in ("NHWC", "NCHW"):
+        xl = x if layout == "NHWC" else x.transpose(0, 3, 1, 2).copy()
+        strides = [1, 2, 2, 1] if layout == "NHWC" else [1, 1, 2, 2]
+        ours = tvmsep.depthwise_conv2d(xl, f, strides, "SAME", data_format=layout)
+        theirs = tf.nn.depthwise_conv2d(x, f, [1, 2, 2, 1], "SAME").numpy()
+        if layout == "NCHW":
+            theirs = theirs.transpose(0, 3, 1, 2)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    ours = tvmsep.separable_conv2d(x, f, p, [1, 1, 1, 1], "SAME", dilations=[2, 2])
+    theirs = tf.nn.separable_conv2d(x, f, p, [1, 1, 1, 1], "SAME", dilations=[2, 2]).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,93 @@
+"""Real-network layers, as data: where each comes from is noted beside it.
+
+A `Layer` holds public-API arguments (NHWC, TF filter layouts); `workload()`
+resolves it through the same validation as a user call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .spec import Workload, depthwise_workload, separable_workload
+
+__all__ = ["Layer", "NETWORKS", "network"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    name: str
+    batch: int
+    size: int  # square input height = width
+    channels: int
+    stride: int = 1
+    out_channels: int | None = None  # None: depthwise only; else the pointwise width
+    kernel: int = 3
+    multiplier: int = 1
+    rate: int = 1
+    padding: str = "SAME"
+    dtype: str = "float32"
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.size, self.size, self.channels)
+
+    @property
+    def filter_shape(self) -> tuple[int, int, int, int]:
+        return (self.kernel, self.kernel, self.channels, self.multiplier)
+
+    @property
+    def pointwise_shape(self) -> tuple[int, int, int, int]:
+        return (1, 1, self.channels * self.multiplier, self.out_channels or 0)
+
+    @property
+    def strides(self) -> list[int]:
+        return [1, self.stride, self.stride, 1]
+
+    def workload(self, op: str | None = None) -> Workload:
+        """op: "depthwise" or "separable" (default: separable when out_channels is set)."""
+        op = op or ("separable" if self.out_channels else "depthwise")
+        rate = [self.rate, self.rate]
+        if op == "depthwise":
+            return depthwise_workload(self.input_shape, self.dtype, self.filter_shape, self.dtype,
+                                      self.strides, self.padding, rate)
+        return separable_workload(self.input_shape, self.dtype, self.filter_shape, self.dtype,
+                                  self.pointwise_shape, self.dtype, self.strides, self.padding, rate)
+
+
+def _mobilenet_v1(batch: int = 1) -> list[Layer]:
+    # Howard et al. 2017, Table 1 (224x224, width 1.0): the 13 depthwise-separable blocks.
+    blocks = [(112, 32, 1, 64), (112, 64, 2, 128), (56, 128, 1, 128), (56, 128, 2, 256),
+              (28, 256, 1, 256), (28, 256, 2, 512)] + [(14, 512, 1, 512)] * 5 + \
+             [(14, 512, 2, 1024), (7, 1024, 1, 1024)]
+    return [Layer(f"v1_{i + 1:02d}", batch, size, c, s, out) for i, (size, c, s, out) in enumerate(blocks)]
+
+
+def _mobilenet_v2(batch: int = 1) -> list[Layer]:
+    # Sandler et al. 2018, Table 2 (224x224): each bottleneck's depthwise layer and its
+    # linear 1x1 projection; repeated identical blocks appear once.
+    blocks = [(112, 32, 1, 16), (112, 96, 2, 24), (56, 144, 1, 24), (56, 144, 2, 32), (28, 192, 1, 32),
+              (28, 192, 2, 64), (14, 384, 1, 64), (14, 384, 1, 96), (14, 576, 1, 96), (14, 576, 2, 160),
+              (7, 960, 1, 160), (7, 960, 1, 320)]
+    return [Layer(f"v2_{i + 1:02d}", batch, size, c, s, out) for i, (size, c, s, out) in enumerate(blocks)]
+
+
+def _extras() -> list[Layer]:
+    # The public list's stress cases: batch 8 (a MobileNetV1 block), atrous rate 2
+    # (DeepLabV3's MobileNetV2 backbone at output stride 16), and channel multiplier 2.
+    return [Layer("b8_56x128", 8, 56, 128, 1, 128),
+            Layer("rate2_28x384", 1, 28, 384, 1, 64, rate=2),
+            Layer("mult2_56x64", 1, 56, 64, 1, 128, multiplier=2)]
+
+
+NETWORKS = {
+    "mobilenet_v1": _mobilenet_v1,
+    "mobilenet_v2": _mobilenet_v2,
+    "public": lambda: _mobilenet_v1() + _mobilenet_v2() + _extras(),
+}
+
+
+def network(name: str) -> list[Layer]:
+    """The layers of a named network preset."""
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; known: {', '.join(NETWORKS)}")
+    return NETWORKS[name]()

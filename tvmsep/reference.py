@@ -1,0 +1,42 @@
+"""An independent float64 numpy reference for TF's two ops.
+
+Written from the TF formulas (spec/), not from the TE code: it pads with
+numpy, walks the taps with strided slices, and shares only `Workload`'s
+resolved pads with the compiled path (the pad rule itself is tested on its
+own, exhaustively).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .spec import Workload
+
+__all__ = ["depthwise_reference", "separable_reference"]
+
+
+def depthwise_reference(x: np.ndarray, f: np.ndarray, wl: Workload) -> np.ndarray:
+    """output[b, i, j, k*M + q] = sum_{di,dj} f[di,dj,k,q] * x[b, s*i + r*di, s*j + r*dj, k] (padded)."""
+    x = np.asarray(x, np.float64)
+    f = np.asarray(f, np.float64)
+    if wl.layout == "NCHW":
+        x = x.transpose(0, 2, 3, 1)
+    x = np.pad(x, ((0, 0), (wl.pad_top, wl.pad_bottom), (wl.pad_left, wl.pad_right), (0, 0)))
+    oh, ow = wl.out_height, wl.out_width
+    out = np.zeros((x.shape[0], oh, ow, wl.in_channels, wl.multiplier))
+    for di in range(wl.kernel_h):
+        for dj in range(wl.kernel_w):
+            row, col = di * wl.dilation_h, dj * wl.dilation_w
+            window = x[:, row:row + (oh - 1) * wl.stride_h + 1:wl.stride_h,
+                       col:col + (ow - 1) * wl.stride_w + 1:wl.stride_w, :]
+            out += window[..., None] * f[di, dj]
+    out = out.reshape(x.shape[0], oh, ow, wl.mid_channels)
+    return out if wl.layout == "NHWC" else out.transpose(0, 3, 1, 2)
+
+
+def separable_reference(x: np.ndarray, f: np.ndarray, p: np.ndarray, wl: Workload) -> np.ndarray:
+    mid = depthwise_reference(x, f, wl)
+    weights = np.asarray(p, np.float64)[0, 0]
+    if wl.layout == "NHWC":
+        return mid @ weights
+    return np.einsum("nchw,co->nohw", mid, weights)

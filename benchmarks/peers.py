@@ -1,0 +1,241 @@
+"""tvmsep against ONNX Runtime, PyTorch (NCHW and channels_last) and TensorFlow.
+
+Every implementation gets the same inputs in its own preferred layout, is
+checked against tvmsep's result first, then timed call by call, interleaved
+round-robin in one process so drift hits all of them alike. Medians in ms.
+tvmsep is called as users call it: numpy in, numpy out (and with `out=`).
+
+    python benchmarks/peers.py [--repeats 200] [--threads 2] [--only v1_03,v2_01]
+
+Writes benchmarks/results/<cpu>-<date>.md and prints the same table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import tvmsep
+from tvmsep.networks import Layer, network
+from tvmsep.spec import Workload
+from tvmsep.target import host_target
+
+PEERS = ("ort", "torch", "torch_cl", "tf")
+BASELINES = ("ort", "torch", "torch_cl")  # "best peer" is the fastest of these
+
+
+def _nchw_filter(layer: Layer, f: np.ndarray) -> np.ndarray:
+    """TF's [KH, KW, C, M] as the grouped-conv weight [C*M, 1, KH, KW] (channel k*M+q)."""
+    kh, kw, c, m = f.shape
+    return np.ascontiguousarray(f.transpose(2, 3, 0, 1).reshape(c * m, 1, kh, kw))
+
+
+def _pads(wl: Workload) -> tuple[int, int, int, int]:
+    return wl.pad_top, wl.pad_left, wl.pad_bottom, wl.pad_right
+
+
+def _ort(layer: Layer, wl: Workload, x, f, p, threads: int):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Conv", ["x", "wd"], ["mid" if p is not None else "y"], group=wl.in_channels,
+                              strides=[wl.stride_h, wl.stride_w], pads=list(_pads(wl)),
+                              dilations=[wl.dilation_h, wl.dilation_w], kernel_shape=[wl.kernel_h, wl.kernel_w])]
+    inits = [numpy_helper.from_array(_nchw_filter(layer, f), "wd")]
+    if p is not None:
+        nodes.append(helper.make_node("Conv", ["mid", "wp"], ["y"], kernel_shape=[1, 1]))
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(p[0, 0].T[:, :, None, None]), "wp"))
+    out_shape = [wl.batch, wl.out_channels, wl.out_height, wl.out_width]
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    y = np.empty(out_shape, np.float32)
+    binding = session.io_binding()
+    binding.bind_cpu_input("x", x)
+    binding.bind_output("y", "cpu", 0, np.float32, out_shape, y.ctypes.data)
+    return lambda: session.run_with_iobinding(binding), lambda: y
+
+
+def _torch(layer: Layer, wl: Workload, x, f, p, channels_last: bool):
+    import torch
+    import torch.nn.functional as F
+
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    xt = torch.from_numpy(x).contiguous(memory_format=memory)
+    wd = torch.from_numpy(_nchw_filter(layer, f)).contiguous(memory_format=memory)
+    wp = None if p is None else torch.from_numpy(np.ascontiguousarray(p[0, 0].T[:, :, None, None])) \
+        .contiguous(memory_format=memory)
+    top, left, bottom, right = _pads(wl)
+    symmetric = top == bottom and left == right
+    result = {}
+
+    def call():
+        with torch.inference_mode():
+            inp = xt if symmetric else _zero_pad(xt, top, bottom, left, right)
+            y = F.conv2d(inp, wd, stride=(wl.stride_h, wl.stride_w), padding=(top, left) if symmetric else 0,
+                         dilation=(wl.dilation_h, wl.dilation_w), groups=wl.in_channels)
+            if wp is not None:
+                y = F.conv2d(y, wp)
+            result["y"] = y
+    return call, lambda: result["y"].numpy()
+
+
+def _zero_pad(xt, top: int, bottom: int, left: int, right: int):
+    """TF's uneven SAME pad for torch. (F.pad here hung, once TF and ORT were loaded in the process.)"""
+    n, c, h, w = xt.shape
+    padded = xt.new_zeros((n, c, h + top + bottom, w + left + right)).contiguous(
+        memory_format=torch_memory_format(xt))
+    padded[:, :, top:top + h, left:left + w] = xt
+    return padded
+
+
+def torch_memory_format(xt):
+    import torch
+    return torch.channels_last if xt.is_contiguous(memory_format=torch.channels_last) and xt.shape[1] > 1 \
+        else torch.contiguous_format
+
+
+def _tf(layer: Layer, wl: Workload, x, f, p):
+    import tensorflow as tf
+    xt, ft = tf.constant(x), tf.constant(f)
+    pt = None if p is None else tf.constant(p)
+    strides, rate = layer.strides, [layer.rate, layer.rate]
+    result = {}
+
+    def call():
+        if pt is None:
+            result["y"] = tf.nn.depthwise_conv2d(xt, ft, strides, layer.padding, dilations=rate)
+        else:
+            result["y"] = tf.nn.separable_conv2d(xt, ft, pt, strides, layer.padding, dilations=rate)
+    return call, lambda: result["y"].numpy().transpose(0, 3, 1, 2)
+
+
+def _implementations(layer: Layer, op: str, threads: int, rng, with_tf: bool):
+    wl = layer.workload(op)
+    x = rng.standard_normal(wl.input_shape, dtype=np.float32)
+    f = rng.standard_normal(wl.filter_shape, dtype=np.float32)
+    p = rng.standard_normal(wl.pointwise_shape, dtype=np.float32) if op == "separable" else None
+    x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    args = (layer.strides, layer.padding, [layer.rate, layer.rate])
+    ours = (lambda **kw: tvmsep.depthwise_conv2d(x, f, *args, **kw)) if p is None else \
+        (lambda **kw: tvmsep.separable_conv2d(x, f, p, *args, **kw))
+    expected = ours().transpose(0, 3, 1, 2)
+    out = np.empty(wl.output_shape, np.float32)
+    impls = {"tvmsep": (ours, None), "tvmsep_out": (lambda: ours(out=out), None),
+             "ort": _ort(layer, wl, x_nchw, f, p, threads),
+             "torch": _torch(layer, wl, x_nchw, f, p, channels_last=False),
+             "torch_cl": _torch(layer, wl, x_nchw, f, p, channels_last=True),
+             }
+    if with_tf:
+        impls["tf"] = _tf(layer, wl, x, f, p)
+    for name, (call, result) in impls.items():
+        call()
+        if result is not None:  # every peer computes the same numbers before it is timed
+            np.testing.assert_allclose(result(), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max(),
+                                       err_msg=f"{name} disagrees with tvmsep on {layer.name} {op}")
+    return wl, {name: call for name, (call, _) in impls.items()}
+
+
+def _time(calls: dict, repeats: int) -> dict[str, float]:
+    samples = {name: [] for name in calls}
+    for _ in range(10):
+        for call in calls.values():
+            call()
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) * 1e3 for name, s in samples.items()}
+
+
+def _machine() -> str:
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in subprocess.run(
+            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
+    except (StopIteration, OSError):
+        model = platform.processor() or "unknown"
+    target = host_target()
+    return f"{model} ({target.attrs['mcpu']}), {target.attrs['num-cores']} cores, {platform.system()}"
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", default="", help="comma-separated layer names")
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--tf", action=argparse.BooleanOptionalAction, default=True,
+                        help="include TensorFlow (eager) as a peer")
+    args = parser.parse_args()
+
+    import torch
+    torch.set_num_threads(args.threads)
+    if args.tf:
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+
+    layers = [layer for layer in network("public") if not args.only or layer.name in args.only.split(",")]
+    rng = np.random.default_rng(0)
+    columns = ("tvmsep", "tvmsep_out") + (PEERS if args.tf else PEERS[:-1])
+    lines = [f"| layer | op | shape | {' | '.join(columns)} | best peer / tvmsep |",
+             "|" + "---|" * (len(columns) + 4)]
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for op in ("depthwise", "separable"):
+        for layer in layers:
+            wl, calls = _implementations(layer, op, args.threads, rng, args.tf)
+            ms = _time(calls, args.repeats)
+            ratio = min(ms[p] for p in BASELINES) / ms["tvmsep"]
+            group = layer.name.split("_")[0] if layer.name.startswith(("v1", "v2")) else "extra"
+            ratios.setdefault((op, group), []).append(ratio)
+            row = f"| {layer.name} | {op} | {wl.describe().split(' ', 2)[2]} | " + \
+                  " | ".join(f"{ms[c]:.3f}" for c in columns) + f" | {ratio:.2f}x |"
+            lines.append(row)
+            print(row, flush=True)
+    summary = ["", "Geometric mean of best peer (ORT, torch NCHW, torch channels_last) / tvmsep:", ""]
+    names = {"v1": "MobileNetV1", "v2": "MobileNetV2", "extra": "batch 8 / rate 2 / multiplier 2"}
+    for (op, group), values in ratios.items():
+        summary.append(f"- {op}, {names[group]} ({len(values)} layers): {_geomean(values):.2f}x "
+                       f"(lowest {min(values):.2f}x)")
+    versions = [f"tvmsep {tvmsep.__version__}", f"torch {torch.__version__}"]
+    if args.tf:
+        versions.append(f"tensorflow {tf.__version__}")
+    import onnxruntime
+    versions.append(f"onnxruntime {onnxruntime.__version__}")
+    header = [f"# tvmsep vs peers, fp32, {args.threads} threads", "",
+              f"- machine: {_machine()}", f"- date: {datetime.date.today()}", f"- versions: {', '.join(versions)}",
+              f"- command: `python benchmarks/peers.py --repeats {args.repeats} --threads {args.threads}`",
+              "- median ms per call, interleaved in one process; tvmsep is NHWC numpy in/out, "
+              "`tvmsep_out` passes `out=`; ORT and torch get NCHW (torch_cl: channels_last), TF NHWC eager.", ""]
+    report = "\n".join(header + lines + summary) + "\n"
+    print("\n".join(summary))
+    output = args.output or Path(__file__).parent / "results" / f"cpu-{host_target().attrs['mcpu']}.md"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(report)
+    print(f"\nwrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The compiled-module cache: reuse, corruption, concurrency, unsafe directories, CLI."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+
+from tvmsep import ops
+from tvmsep.cache import CacheWarning, ModuleCache
+from tvmsep.cli import main as cli_main
+from tvmsep.spec import depthwise_workload
+from tvmsep.target import host_target
+
+from conftest import assert_close
+from tvmsep.reference import depthwise_reference
+
+
+def _workload(channels):
+    return depthwise_workload((1, 6, 6, channels), "float32", (3, 3, channels, 1), "float32", [1, 1, 1, 1], "SAME")
+
+
+def _key(wl):
+    from tvmsep import build
+    target = host_target()
+    return ops.cache_key(wl, target, build.schedules_for(target))
+
+
+def _build(wl):
+    from tvmsep import build
+    return lambda: build.compile_module(wl, host_target())
+
+
+def _check_module(module, wl, rng=np.random.default_rng()):
+    from tvmsep.runtime import Kernel
+    x = rng.standard_normal(wl.input_shape).astype(np.float32)
+    f = rng.standard_normal(wl.filter_shape).astype(np.float32)
+    assert_close(Kernel(wl, module["main"], "test").run([x, f], None), depthwise_reference(x, f, wl), "float32")
+
+
+def test_second_call_does_not_compile(rng):
+    x, f = rng.standard_normal((1, 7, 7, 5)).astype(np.float32), rng.standard_normal((3, 3, 5, 1)).astype(np.float32)
+    ops.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME")
+    builds = ops.module_cache.builds
+    for _ in range(3):
+        ops.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME")
+        ops.depthwise_conv2d(x.copy(), f, np.array([1, 1, 1, 1]), "SAME")  # same workload, other argument types
+    assert ops.module_cache.builds == builds
+
+
+def test_disk_hit_and_corrupt_file_rebuilt(tmp_path):
+    wl = _workload(3)
+    key = _key(wl)
+    first = ModuleCache(tmp_path)
+    _, how = first.get(key, _build(wl))
+    assert how == "compiled" and (tmp_path / f"{key}.so").exists()
+    assert oct(tmp_path.stat().st_mode & 0o777) == "0o700" or tmp_path.stat().st_mode & 0o022 == 0
+
+    module, how = ModuleCache(tmp_path).get(key, _build(wl))  # a new process would see the same
+    assert how == "disk"
+    _check_module(module, wl)
+
+    library = tmp_path / f"{key}.so"
+    # Truncated, as a crashed writer without the rename would leave it. Replaced, not
+    # rewritten in place: this process has the old file mapped, and shrinking a
+    # mapped library under a running process is a SIGBUS, not a cache state.
+    damaged = tmp_path / "damaged"
+    damaged.write_bytes(library.read_bytes()[:1000])
+    os.replace(damaged, library)
+    fresh = ModuleCache(tmp_path)
+    with pytest.warns(CacheWarning, match="truncated or corrupt"):
+        module, how = fresh.get(key, _build(wl))
+    assert how == "compiled" and fresh.builds == 1
+    _check_module(module, wl)
+    assert ModuleCache(tmp_path).get(key, _build(wl))[1] == "disk"  # repaired on disk
+
+
+def test_unsafe_or_unwritable_directory_degrades_to_memory(tmp_path):
+    wl = _workload(4)
+    open_dir = tmp_path / "shared"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    cache = ModuleCache(open_dir)
+    with pytest.warns(CacheWarning, match="writable by other users"):
+        module, how = cache.get(_key(wl), _build(wl))
+    assert how == "compiled" and not list(open_dir.iterdir())
+    _check_module(module, wl)
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.warns(CacheWarning, match="cannot create"):
+        ModuleCache(blocker / "cache").get(_key(wl), _build(wl))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only directories")
+def test_read_only_directory_degrades_to_memory(tmp_path):
+    wl = _workload(4)
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.warns(CacheWarning, match="not writable"):
+            ModuleCache(tmp_path).get(_key(wl), _build(wl))
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_two_processes_compile_one_key(tmp_path):
+    script = textwrap.dedent("""
+        import numpy as np, sys, tvmsep
+        from tvmsep import ops
+        x = np.ones((1, 9, 9, 6), np.float32); f = np.ones((3, 3, 6, 1), np.float32)
+        y = tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "VALID")
+        assert np.allclose(y, 9.0)
+        print(ops.module_cache.builds)
+    """)
+    env = dict(os.environ, TVMSEP_CACHE_DIR=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    builds = [int(p.communicate(timeout=300)[0].strip()) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(builds) == [0, 1]  # one compiled, the other waited on the lock and loaded the file
+    assert len(list(tmp_path.glob("*.so"))) == 1 and not list(tmp_path.glob(".*"))
+
+
+def test_cli_info_and_clear(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TVMSEP_CACHE_DIR", str(tmp_path))
+    wl = _workload(2)
+    ModuleCache().get(_key(wl), _build(wl))
+    assert cli_main(["cache", "info"]) == 0
+    assert "modules:   1" in capsys.readouterr().out
+    assert cli_main(["cache", "clear"]) == 0
+    assert "removed 1" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())

@@ -63,6 +63,7 @@ def _ort(layer: Layer, wl: Workload, x, f, p, threads: int):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     y = np.empty(out_shape, np.float32)
     binding = session.io_binding()

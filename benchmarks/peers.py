@@ -87,28 +87,13 @@ def _torch(layer: Layer, wl: Workload, x, f, p, channels_last: bool):
 
     def call():
         with torch.inference_mode():
-            inp = xt if symmetric else _zero_pad(xt, top, bottom, left, right)
+            inp = xt if symmetric else F.pad(xt, (left, right, top, bottom))
             y = F.conv2d(inp, wd, stride=(wl.stride_h, wl.stride_w), padding=(top, left) if symmetric else 0,
                          dilation=(wl.dilation_h, wl.dilation_w), groups=wl.in_channels)
             if wp is not None:
                 y = F.conv2d(y, wp)
             result["y"] = y
     return call, lambda: result["y"].numpy()
-
-
-def _zero_pad(xt, top: int, bottom: int, left: int, right: int):
-    """TF's uneven SAME pad for torch. (F.pad here hung, once TF and ORT were loaded in the process.)"""
-    n, c, h, w = xt.shape
-    padded = xt.new_zeros((n, c, h + top + bottom, w + left + right)).contiguous(
-        memory_format=torch_memory_format(xt))
-    padded[:, :, top:top + h, left:left + w] = xt
-    return padded
-
-
-def torch_memory_format(xt):
-    import torch
-    return torch.channels_last if xt.is_contiguous(memory_format=torch.channels_last) and xt.shape[1] > 1 \
-        else torch.contiguous_format
 
 
 def _tf(layer: Layer, wl: Workload, x, f, p):

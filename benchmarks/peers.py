@@ -1,8 +1,8 @@
 """tvmsep against ONNX Runtime, PyTorch (NCHW and channels_last) and TensorFlow.
 
 Every implementation gets the same inputs in its own preferred layout, is
-checked against tvmsep's result first, then timed call by call, interleaved
-round-robin in one process so drift hits all of them alike. Medians in ms.
+checked against tvmsep's result first, then timed call by call in one process,
+taking turns in blocks so drift hits all of them alike. Medians in ms.
 tvmsep is called as users call it: numpy in, numpy out (and with `out=`).
 
     python benchmarks/peers.py [--repeats 200] [--threads 2] [--only v1_03,v2_01]
@@ -69,7 +69,11 @@ def _ort(layer: Layer, wl: Workload, x, f, p, threads: int):
     binding = session.io_binding()
     binding.bind_cpu_input("x", x)
     binding.bind_output("y", "cpu", 0, np.float32, out_shape, y.ctypes.data)
-    return lambda: session.run_with_iobinding(binding), lambda: y
+
+    def call():  # holds `y`: ORT writes through a raw pointer and would scribble on freed memory
+        session.run_with_iobinding(binding)
+        return y
+    return call, lambda: y
 
 
 def _torch(layer: Layer, wl: Workload, x, f, p, channels_last: bool):
@@ -137,16 +141,20 @@ def _implementations(layer: Layer, op: str, threads: int, rng, with_tf: bool):
     return wl, {name: call for name, (call, _) in impls.items()}
 
 
-def _time(calls: dict, repeats: int) -> dict[str, float]:
+def _time(calls: dict, repeats: int, block: int = 25) -> dict[str, float]:
+    """Median ms per call. Implementations take turns in blocks of `block` calls:
+    drift hits all alike, and a thread pool still spinning from the previous
+    library's call only touches the first calls of a block, which the median drops."""
     samples = {name: [] for name in calls}
-    for _ in range(10):
+    for _ in range(3):
         for call in calls.values():
             call()
-    for _ in range(repeats):
+    for _ in range(max(1, repeats // block)):
         for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            samples[name].append(time.perf_counter() - start)
+            for _ in range(block):
+                start = time.perf_counter()
+                call()
+                samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(s) * 1e3 for name, s in samples.items()}
 
 
@@ -212,7 +220,7 @@ def main() -> int:
     header = [f"# tvmsep vs peers, fp32, {args.threads} threads", "",
               f"- machine: {_machine()}", f"- date: {datetime.date.today()}", f"- versions: {', '.join(versions)}",
               f"- command: `python benchmarks/peers.py --repeats {args.repeats} --threads {args.threads}`",
-              "- median ms per call, interleaved in one process; tvmsep is NHWC numpy in/out, "
+              "- median ms per call, in one process, implementations taking turns in blocks of 25 calls; tvmsep is NHWC numpy in/out, "
               "`tvmsep_out` passes `out=`; ORT and torch get NCHW (torch_cl: channels_last), TF NHWC eager.", ""]
     report = "\n".join(header + lines + summary) + "\n"
     print("\n".join(summary))

@@ -45,7 +45,6 @@ def _pads(wl: Workload) -> tuple[int, int, int, int]:
 
 
 def _ort(layer: Layer, wl: Workload, x, f, p, threads: int):
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 

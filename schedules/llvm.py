@@ -32,6 +32,11 @@ and output channels are broadcast from the weights.
 
 Padding is inlined into the depthwise loads; the zero test sits under
 `likely` so loop partitioning can drop it in the interior.
+
+The block sizes and vector widths are knobs: each is a meta-schedule
+`sample_categorical` whose decision is the hand-written choice, so this same
+function is both the hand-written schedule and a tuning space (replaying its
+trace with fresh decisions samples the other candidates).
 """
 
 from __future__ import annotations
@@ -94,6 +99,26 @@ def _vector(extent: int, lanes: int) -> int:
     return _factor(extent, lanes)
 
 
+def _knob(sch: s_tir.Schedule, default: int, alternatives: list[int], extent: int):
+    """A tunable size: `default` (the hand-written choice) or one of `alternatives`
+    that fits `extent`. Sizes below 2 are left out: a unit loop would vanish
+    and change the loop structure the rest of the trace refers to."""
+    candidates = sorted({default} | {a for a in alternatives if 2 <= a <= extent})
+    return sch.sample_categorical(candidates, [1.0 / len(candidates)] * len(candidates),
+                                  decision=candidates.index(default))
+
+
+def _block_knob(sch: s_tir.Schedule, extent: int, preferred: int, alternatives: list[int]):
+    return _knob(sch, _block(extent, preferred), alternatives, extent)
+
+
+def _vector_knob(sch: s_tir.Schedule, extent: int, lanes: int, registers: int = 1, most: int = 2):
+    """A vector axis `registers` SIMD registers wide by default; the alternatives
+    are 1 to `most` whole registers that divide the extent."""
+    widths = [r * lanes for r in range(1, most + 1) if extent % (r * lanes) == 0]
+    return _knob(sch, _vector(extent, registers * lanes), widths, extent)
+
+
 def schedule(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
     """Schedule every stage of `wl`'s PrimFunc in place."""
     lanes = vector_lanes(target, wl.dtype)
@@ -150,15 +175,15 @@ def _depthwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool) ->
         if _has_block(sch, "pad"):
             sch.compute_inline(sch.get_sblock("pad"))
         b, i, j, c, di, dj = sch.get_loops(block)
-        jo, ji = sch.split(j, [None, _block(wl.out_width, DEPTHWISE_PIXEL_BLOCK)])
-        co, vec = sch.split(c, [None, _vector(wl.mid_channels, lanes)])
+        jo, ji = sch.split(j, [None, _block_knob(sch, wl.out_width, DEPTHWISE_PIXEL_BLOCK, [4, 6, 8, 12, 16])])
+        co, vec = sch.split(c, [None, _vector_knob(sch, wl.mid_channels, lanes)])
         sch.reorder(b, i, jo, co, di, dj, ji, vec)
         rows = sch.fuse(b, i)
         tile, block_loop = co, ji
     else:
         b, c, i, j, di, dj = sch.get_loops(block)
-        io, ii = sch.split(i, [None, _block(wl.out_height, DEPTHWISE_ROW_BLOCK)])
-        jo, vec = sch.split(j, [None, _vector(wl.out_width, lanes)])
+        io, ii = sch.split(i, [None, _block_knob(sch, wl.out_height, DEPTHWISE_ROW_BLOCK, [2, 4, 6, 8])])
+        jo, vec = sch.split(j, [None, _vector_knob(sch, wl.out_width, lanes)])
         sch.reorder(b, c, io, jo, di, dj, ii, vec)
         rows = sch.fuse(b, c, io)
         tile, block_loop = jo, ii
@@ -182,14 +207,14 @@ def _pointwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool) ->
     block, store = _accumulator(sch, "pointwise")
     if wl.layout == "NHWC":
         b, i, j, o, c = sch.get_loops(block)
-        jo, ji = sch.split(j, [None, _block(wl.out_width, GEMM_ROWS)])
-        oo, vec = sch.split(o, [None, _vector(wl.out_channels, GEMM_VECTORS * lanes)])
+        jo, ji = sch.split(j, [None, _block_knob(sch, wl.out_width, GEMM_ROWS, [4, 6, 8, 12, 16])])
+        oo, vec = sch.split(o, [None, _vector_knob(sch, wl.out_channels, lanes, GEMM_VECTORS, 4)])
         sch.reorder(oo, b, i, jo, c, ji, vec)
         outer = sch.fuse(oo, b, i, jo)
     else:
         b, o, i, j, c = sch.get_loops(block)
-        jo, vec = sch.split(j, [None, _vector(wl.out_width, GEMM_VECTORS * lanes)])
-        oo, ji = sch.split(o, [None, _block(wl.out_channels, GEMM_ROWS)])
+        jo, vec = sch.split(j, [None, _vector_knob(sch, wl.out_width, lanes, GEMM_VECTORS, 4)])
+        oo, ji = sch.split(o, [None, _block_knob(sch, wl.out_channels, GEMM_ROWS, [4, 6, 8, 12, 16])])
         sch.reorder(b, oo, i, jo, c, ji, vec)
         outer = sch.fuse(b, oo, i, jo)
     if parallel:

@@ -1,11 +1,16 @@
 """Workload + target -> scheduled PrimFunc -> compiled runtime module.
 
-Steps: the TE definition (compute), the hand-written schedule for the
+Steps: the TE definition (compute), then the schedule a tuning job chose
+(a verdict in the tuning logs) or else the hand-written schedule for the
 target kind (schedules), then TVM's compiler. The compiled function is
 named `main` and takes the inputs in call order, then the output.
 """
 
 from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
 
 import tvm
 from tvm import s_tir
@@ -13,8 +18,9 @@ from tvm.target import Target
 
 from .compute import prim_func
 from .spec import Workload
+from .tuning_log import VERDICT_FILE, TuningLog, log_folders
 
-__all__ = ["scheduled_module", "compile_module"]
+__all__ = ["workload_module", "tuned_trace", "scheduled_module", "compile_scheduled", "compile_module"]
 
 # Loop partitioning splits the padded border from the interior, where the
 # `likely` zero test of the inlined padding then disappears.
@@ -29,14 +35,43 @@ def schedules_for(target: Target):
     raise ValueError(f"no schedules for target kind {target.kind.name!r}")
 
 
-def scheduled_module(wl: Workload, target: Target) -> tvm.IRModule:
-    """The hand-scheduled IRModule for `wl` on `target`."""
-    sch = s_tir.Schedule(prim_func(wl))
-    schedules_for(target).schedule(sch, wl, target)
+def workload_module(wl: Workload) -> tvm.IRModule:
+    """The unscheduled IRModule; tuning records are keyed by it (structurally)."""
+    return tvm.IRModule({"main": prim_func(wl)})
+
+
+def tuned_trace(wl: Workload, target: Target) -> Any | None:
+    """The schedule trace (JSON) a finished tuning job chose for `wl` on `target`,
+    or None when there is none or the hand-written schedule won."""
+    mod = workload_module(wl)
+    for folder in log_folders(target):
+        verdict = _open_log(folder).verdict(mod) if (folder / VERDICT_FILE).exists() else None
+        if verdict is not None:
+            return verdict["trace"] if verdict["use"] == "tuned" else None
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _open_log(folder: Path) -> TuningLog:
+    return TuningLog(folder, writable=False)
+
+
+def scheduled_module(wl: Workload, target: Target, trace: Any | None = None) -> tvm.IRModule:
+    """`wl` scheduled by a tuned `trace` (JSON) if given, else by the hand-written schedule."""
+    sch = s_tir.Schedule(workload_module(wl))
+    if trace is None:
+        schedules_for(target).schedule(sch, wl, target)
+    else:
+        s_tir.schedule.Trace.apply_json_to_schedule(trace, sch)
     return sch.mod
 
 
-def compile_module(wl: Workload, target: Target) -> tvm.runtime.Module:
-    """Compile `wl` for `target`; the result can be exported with `export_library`."""
+def compile_scheduled(mod: tvm.IRModule, target: Target) -> tvm.runtime.Module:
+    """TVM's compiler with the pass configuration every tvmsep kernel is built with."""
     with tvm.transform.PassContext(opt_level=3, config=_PASS_CONFIG):
-        return tvm.compile(scheduled_module(wl, target), target=target)
+        return tvm.compile(mod, target=target)
+
+
+def compile_module(wl: Workload, target: Target, trace: Any | None = None) -> tvm.runtime.Module:
+    """Compile `wl` for `target`; the result can be exported with `export_library`."""
+    return compile_scheduled(scheduled_module(wl, target, trace), target)

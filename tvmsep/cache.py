@@ -27,7 +27,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import tvm
 
@@ -57,14 +57,16 @@ def _source_digest(*modules) -> str:
     return digest.hexdigest()
 
 
-def cache_key(wl: Workload, target: tvm.target.Target, schedule_module) -> str:
-    """Hash of workload, target, TE + schedule source, TVM version and cache format."""
+def cache_key(wl: Workload, target: tvm.target.Target, schedule_module, trace: Any = None) -> str:
+    """Hash of workload, target, TE + schedule source (or the tuned trace),
+    TVM version and cache format."""
     from . import __version__
     payload = {
         "format": FORMAT_VERSION,
         "workload": wl.to_json(),
         "target": str(target),
         "code": _source_digest(compute, schedule_module),
+        "trace": trace,
         "tvm": tvm.__version__,
         "tvmsep": __version__,
     }

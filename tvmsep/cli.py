@@ -70,6 +70,68 @@ def _cache_clear(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _padding(text: str):
+    """SAME, VALID, or explicit pads as TOP,BOTTOM,LEFT,RIGHT (in the layout's spatial order)."""
+    if text.upper() in ("SAME", "VALID"):
+        return text.upper()
+    return _ints(text)
+
+
+def _tune_workloads(args: argparse.Namespace) -> list:
+    from .networks import network
+    from .spec import depthwise_workload, separable_workload
+    ops = ("depthwise", "separable") if args.op == "both" else (args.op,)
+    if args.network:
+        return [layer.workload(op) for op in ops for layer in network(args.network)]
+    if args.input is None or args.filter is None:
+        raise SystemExit("tvmsep tune: give --network, or --input and --filter (and --pointwise for separable)")
+    padding = args.padding
+    if isinstance(padding, list):
+        if len(padding) != 4:
+            raise SystemExit(f"tvmsep tune: explicit --padding needs 4 integers, got {padding}")
+        pairs = [[padding[0], padding[1]], [padding[2], padding[3]]]
+        padding = [[0, 0], *pairs, [0, 0]] if args.layout == "NHWC" else [[0, 0], [0, 0], *pairs]
+    strides = [1, args.stride, args.stride, 1] if args.layout == "NHWC" else [1, 1, args.stride, args.stride]
+    common = dict(strides=strides, padding=padding, rate=[args.rate, args.rate], data_format=args.layout)
+    workloads = []
+    for op in ops:
+        if op == "depthwise":
+            workloads.append(depthwise_workload(args.input, args.dtype, args.filter, args.dtype, **common))
+        elif args.pointwise is None:
+            raise SystemExit("tvmsep tune: separable needs --pointwise OUT_CHANNELS")
+        else:
+            mid = args.filter[2] * args.filter[3]
+            workloads.append(separable_workload(args.input, args.dtype, args.filter, args.dtype,
+                                                [1, 1, mid, args.pointwise], args.dtype, **common))
+    return workloads
+
+
+def _tune(args: argparse.Namespace) -> int:
+    """Tune workloads, print progress and a table, optionally plot the search."""
+    from .tune import format_table, tune
+    try:
+        workloads = _tune_workloads(args)
+        outcomes = tune(workloads, trials=args.trials, log_dir=args.log_dir, rpc=args.rpc, rpc_key=args.rpc_key,
+                        report=lambda line: print(line, flush=True))
+    except (ValueError, TypeError) as e:
+        print(f"tvmsep tune: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(format_table(outcomes))
+    if args.plot:
+        from .tune_plot import plot_search
+        plot_search([o.workload for o in outcomes], args.log_dir, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     from .networks import NETWORKS
     parser = argparse.ArgumentParser(prog="tvmsep", description=__doc__)
@@ -80,6 +142,26 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--repeats", type=int, default=50, help="timed calls per layer (median reported)")
     run.add_argument("--seed", type=int, default=None, help="random seed for inputs (default: fresh)")
     run.set_defaults(func=_run_network)
+
+    tune = commands.add_parser("tune", help="auto-tune workloads (meta-schedule, XGBoost cost model)",
+                               description="Workloads come from --network, or from the shape options.")
+    what = tune.add_argument_group("workloads")
+    what.add_argument("--network", choices=[n for n in NETWORKS], help="a preset of real network layers")
+    what.add_argument("--op", default="both", choices=["depthwise", "separable", "both"])
+    what.add_argument("--input", type=_ints, help="input shape in --layout order, e.g. 1,56,56,128")
+    what.add_argument("--filter", type=_ints, help="depthwise filter KH,KW,C,MULTIPLIER")
+    what.add_argument("--pointwise", type=int, help="separable output channels")
+    what.add_argument("--stride", type=int, default=1)
+    what.add_argument("--padding", type=_padding, default="SAME", help="SAME, VALID or TOP,BOTTOM,LEFT,RIGHT")
+    what.add_argument("--rate", type=int, default=1, help="dilation rate")
+    what.add_argument("--layout", default="NHWC", choices=["NHWC", "NCHW"])
+    what.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
+    tune.add_argument("--trials", type=int, default=64, help="records per workload, counting logged ones")
+    tune.add_argument("--log-dir", default="tuning_logs", help="one folder per target is made under it")
+    tune.add_argument("--rpc", metavar="HOST:PORT", help="measure on devices behind this TVM RPC tracker")
+    tune.add_argument("--rpc-key", metavar="KEY", help="device key registered with the tracker")
+    tune.add_argument("--plot", metavar="FILE.png", help="draw best time against trials per workload")
+    tune.set_defaults(func=_tune)
 
     cache = commands.add_parser("cache", help="the compiled-module cache")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True)

@@ -37,8 +37,9 @@ def get_kernel(wl: Workload, target: Any = None) -> runtime.Kernel:
     if kernel is not None:
         return kernel
     schedules = build.schedules_for(target)
-    key = cache_key(wl, target, schedules)
-    module, origin = module_cache.get(key, lambda: build.compile_module(wl, target))
+    trace = build.tuned_trace(wl, target)
+    key = cache_key(wl, target, schedules, trace)
+    module, origin = module_cache.get(key, lambda: build.compile_module(wl, target, trace))
     kernel = runtime.Kernel(wl, module["main"], origin)
     with _kernels_lock:
         return _kernels.setdefault(index, kernel)

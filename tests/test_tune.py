@@ -1,0 +1,224 @@
+"""Tuning jobs: real meta-schedule search on small workloads, small budgets.
+
+Each test checks what a user relies on: the log stays readable by plain TVM
+whatever happens to the job, a rerun continues it, jobs can share a folder,
+failing candidates do not stop a job, RPC measurement survives losing a
+device, and compiling uses what a job chose.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tvm.s_tir import meta_schedule as ms
+
+import tvmsep
+from tvmsep import build, ops
+from tvmsep.reference import depthwise_reference
+from tvmsep.spec import depthwise_workload
+from tvmsep.tune import tune
+from tvmsep.tuning_log import RECORD_FILE, VERDICT_FILE, WORKLOAD_FILE, TuningLog, target_folder_name
+from tvmsep.target import host_target
+
+from conftest import assert_close
+
+TESTS = Path(__file__).parent
+FOLDER = target_folder_name(host_target())
+
+
+def _tiny(channels=16, size=8):
+    return depthwise_workload([1, size, size, channels], "float32", [3, 3, channels, 1], "float32",
+                              [1, 1, 1, 1], "SAME")
+
+
+def _cli_args(wl, trials, log_dir, *extra):
+    n, h, w, c = wl.input_shape
+    return [sys.executable, "-m", "tvmsep.cli", "tune", "--op", "depthwise", "--input", f"{n},{h},{w},{c}",
+            "--filter", f"3,3,{c},1", "--trials", str(trials), "--log-dir", str(log_dir), *extra]
+
+
+def _tvm_records(folder: Path) -> list:
+    """Every record, as plain TVM reads the folder."""
+    return list(ms.database.JSONDatabase(work_dir=str(folder)).get_all_tuning_records())
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while len(_lines(path)) < count:
+        assert proc.poll() is None, f"job ended early: {proc.communicate()[0]}"
+        assert time.monotonic() < deadline, f"no {count} records in {path} after {timeout} s"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def tuned_log(tmp_path_factory):
+    """One real tuning job on a tiny workload: (workload, log folder, outcomes)."""
+    wl = _tiny()
+    log_dir = tmp_path_factory.mktemp("logs")
+    outcomes = tune([wl, wl], trials=10, log_dir=log_dir, report=lambda line: None, seed=1)
+    return wl, log_dir / FOLDER, outcomes
+
+
+def test_job_logs_in_tvm_format_with_a_verdict(tuned_log):
+    wl, folder, outcomes = tuned_log
+    assert len(outcomes) == 1, "a workload listed twice is tuned once"
+    outcome = outcomes[0]
+    assert outcome.trials >= 10 and outcome.use in ("tuned", "hand")
+    assert outcome.hand_ms > 0 and outcome.tuned_ms > 0
+    assert outcome.use == "hand" or outcome.tuned_ms < outcome.hand_ms
+    records = _tvm_records(folder)
+    assert len(records) == outcome.trials
+    assert any(r.run_secs and float(r.run_secs[0]) < 1 for r in records), "no candidate ran"
+    verdict = json.loads(_lines(folder / VERDICT_FILE)[-1])
+    assert verdict["use"] == outcome.use and verdict["trials"] == outcome.trials
+
+
+def test_compiling_uses_the_verdict(tuned_log, monkeypatch, rng):
+    wl, folder, outcomes = tuned_log
+    monkeypatch.setenv("TVMSEP_TUNING_DIR", str(folder.parent))
+    trace = build.tuned_trace(wl, host_target())
+    assert (trace is not None) == (outcomes[0].use == "tuned")
+    # Force the other choice through a verdict of our own: the latest verdict wins.
+    log = TuningLog(folder)
+    best = min((r for r in log.records(log.commit_workload(build.workload_module(wl)))[1:] if r.run_secs),
+               key=lambda r: float(r.run_secs[0]))
+    verdict = json.loads(_lines(folder / VERDICT_FILE)[-1])
+    log.commit_verdict({**verdict, "use": "tuned", "trace": best.trace.as_json(remove_postproc=False)})
+    build._open_log.cache_clear()
+    assert build.tuned_trace(wl, host_target()) is not None
+    key_tuned = ops.cache_key(wl, host_target(), build.schedules_for(host_target()),
+                              build.tuned_trace(wl, host_target()))
+    assert key_tuned != ops.cache_key(wl, host_target(), build.schedules_for(host_target()))
+    ops._kernels.clear()
+    ops._memo.clear()
+    x = rng.standard_normal(wl.input_shape, dtype=np.float32)
+    f = rng.standard_normal(wl.filter_shape, dtype=np.float32)
+    out = np.full(wl.output_shape, np.nan, np.float32)
+    tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", out=out)
+    assert_close(out, depthwise_reference(x, f, wl), "float32")
+    ops._kernels.clear()
+    ops._memo.clear()
+    build._open_log.cache_clear()
+
+
+def test_partial_last_line_is_trimmed_and_tvm_still_reads(tuned_log, tmp_path):
+    _, folder, _ = tuned_log
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in (WORKLOAD_FILE, RECORD_FILE, VERDICT_FILE):
+        (copy / name).write_bytes((folder / name).read_bytes())
+    whole = _lines(copy / RECORD_FILE)
+    with open(copy / RECORD_FILE, "a") as f:
+        f.write(whole[-1][: len(whole[-1]) // 2])  # a writer killed mid-line
+    with pytest.warns(UserWarning, match="unfinished last line"):
+        log = TuningLog(copy)
+    assert _lines(copy / RECORD_FILE) == whole
+    assert len(log) == len(whole) == len(_tvm_records(copy))
+
+
+def test_killed_job_resumes_without_losing_records(tmp_path):
+    wl = _tiny(channels=32)
+    records = tmp_path / FOLDER / RECORD_FILE
+    job = subprocess.Popen(_cli_args(wl, 14, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_lines(records, 3, job)
+    finally:
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+    before = _lines(records)
+    assert len(_tvm_records(tmp_path / FOLDER)) == len(before)
+    plot = tmp_path / "search.png"
+    done = subprocess.run(_cli_args(wl, 14, tmp_path, "--plot", str(plot)), capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = _lines(records)
+    assert after[: len(before)] == before, "a record logged before the kill was lost or changed"
+    assert 14 <= len(after) < 14 + len(before), "the rerun did not count the records already logged"
+    assert f"continuing from {len(before)} logged trials" in done.stdout
+    assert "speed-up" in done.stdout  # the closing table
+    assert plot.stat().st_size > 1000
+
+
+def test_two_jobs_share_one_folder(tmp_path):
+    jobs = [subprocess.Popen(_cli_args(_tiny(channels=c), 8, tmp_path), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for c in (16, 48)]
+    for job in jobs:
+        output = job.communicate(timeout=900)[0]
+        assert job.returncode == 0, output
+    folder = tmp_path / FOLDER
+    assert len(_lines(folder / WORKLOAD_FILE)) == 2
+    assert len(_lines(folder / VERDICT_FILE)) == 2
+    db = ms.database.JSONDatabase(work_dir=str(folder))
+    for c in (16, 48):
+        workload = db.commit_workload(build.workload_module(_tiny(channels=c)))
+        assert len(db.get_top_k(workload, 100)) >= 1
+    assert len(_tvm_records(folder)) >= 16
+
+
+def test_failing_candidates_are_recorded_and_the_job_goes_on(tmp_path, monkeypatch):
+    from helpers import faulty
+    monkeypatch.setenv("TVMSEP_FAULT_DIR", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    builder = ms.builder.LocalBuilder(f_build=faulty.build_some, max_workers=1, timeout_sec=60)
+    runner = ms.runner.LocalRunner(timeout_sec=5, f_run_evaluator=faulty.run_some)
+    start = time.monotonic()
+    outcomes = tune([_tiny(channels=24)], trials=10, log_dir=tmp_path, builder=builder, runner=runner,
+                    report=lambda line: None)
+    assert time.monotonic() - start < 600
+    records = _tvm_records(tmp_path / FOLDER)
+    failed = [r for r in records if not r.run_secs or float(r.run_secs[0]) >= 1e9]
+    assert failed, "no failure was recorded"
+    assert len(failed) < len(records), "nothing succeeded"
+    assert int((tmp_path / "runs").read_text()) >= 4, "the crash and the hang were not both reached"
+    assert outcomes[0].trials == len(records)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_rpc_measurement_survives_losing_a_server(tmp_path):
+    tracker_port = _free_port()
+    python = [sys.executable, "-m"]
+    tracker = subprocess.Popen(python + ["tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(tracker_port),
+                                         "--port-end", str(tracker_port + 1)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    servers = []
+    try:
+        time.sleep(3)
+        for _ in range(2):
+            port = _free_port()
+            servers.append(subprocess.Popen(
+                python + ["tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{tracker_port}", "--key", "testbox",
+                          "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 50)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wl = _tiny(channels=40)
+        records = tmp_path / FOLDER / RECORD_FILE
+        job = subprocess.Popen(_cli_args(wl, 10, tmp_path, "--rpc", f"127.0.0.1:{tracker_port}",
+                                         "--rpc-key", "testbox"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        _wait_for_lines(records, 2, job)
+        servers[0].kill()
+        output = job.communicate(timeout=900)[0]
+        assert job.returncode == 0, output
+        assert "speed-up" in output
+        records_read = _tvm_records(tmp_path / FOLDER)
+        assert len(records_read) >= 10
+        assert any(r.run_secs and float(r.run_secs[0]) < 1 for r in records_read[2:]), \
+            "nothing was measured after the server was killed"
+    finally:
+        for proc in servers + [tracker]:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,245 @@
+"""Auto-tuning jobs: meta-schedule search seeded by the hand-written schedules.
+
+For each workload, one job:
+
+1. measures the hand-written schedule (it is a record like any other);
+2. searches two spaces with meta-schedule's evolutionary search and XGBoost
+   cost model: the hand-written schedule's own knobs (`ScheduleFn` over
+   `schedules.<kind>.schedule`, whose default decisions are the hand-written
+   choices) and TVM's generic rules (`PostOrderApply`), sharing one budget;
+3. measures the best record against the hand-written schedule side by side
+   (alternating, several rounds, medians), because this kind of machine drifts
+   by 2x between minutes, and writes a verdict: the tuned schedule is used
+   only if it won.
+
+Records go to a `TuningLog` folder per target; a job continues from the
+records already there, so a stopped job loses nothing and a rerun finishes it.
+Measurement is local, or on devices behind a TVM RPC tracker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import tvm
+import tvm_ffi
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir import Schedule
+from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+from tvm.target import Target
+
+from .build import compile_scheduled, schedules_for, workload_module
+from .spec import Workload
+from .target import resolve_target
+from .tuning_log import FAILED_SECONDS, TuningLog, target_folder_name
+
+__all__ = ["TuneOutcome", "tune", "format_table", "build_candidate", "make_builder", "make_runner"]
+
+# Candidates per search round; small, so progress shows and a kill loses little.
+TRIALS_PER_ROUND = 8
+# Side-by-side rounds of hand-written vs best record at the end of a job.
+VERIFY_ROUNDS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneOutcome:
+    workload: Workload
+    hand_ms: float  # side by side with tuned_ms, at the end of the job
+    tuned_ms: float  # best record found (== hand_ms when nothing else ran)
+    trials: int  # records of this workload in the log, failed ones included
+    use: str  # "tuned" or "hand"
+
+    @property
+    def speedup(self) -> float:
+        """What users get: the chosen schedule against the hand-written one."""
+        return self.hand_ms / self.tuned_ms if self.use == "tuned" else 1.0
+
+
+def build_candidate(mod: tvm.IRModule, target: Target, _params) -> tvm.runtime.Module:
+    """Meta-schedule builder function: tvmsep's own compile path.
+
+    TVM's default one imports `tvm.s_tir.tensor_intrin` in every fresh build
+    worker, which takes ~30 s here and times builds out."""
+    return compile_scheduled(mod, target).mod
+
+
+def _evaluator() -> ms.runner.EvaluatorConfig:
+    return ms.runner.EvaluatorConfig(number=5, repeat=5, min_repeat_ms=30, enable_cpu_cache_flush=False)
+
+
+def make_builder(timeout_sec: float = 60.0) -> ms.builder.Builder:
+    return ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=timeout_sec,
+                                   max_workers=max(1, min(4, os.cpu_count() or 1)))
+
+
+def make_runner(rpc: str | None = None, rpc_key: str | None = None, timeout_sec: float = 30.0,
+                rpc_workers: int = 1) -> ms.runner.Runner:
+    """Measure here, or on devices registered under `rpc_key` with the tracker at `rpc` (HOST:PORT)."""
+    if rpc is None:
+        return ms.runner.LocalRunner(timeout_sec=timeout_sec, evaluator_config=_evaluator())
+    host, _, port = rpc.rpartition(":")
+    if not host or not port.isdigit() or not rpc_key:
+        raise ValueError(f"--rpc must be HOST:PORT with --rpc-key, got {rpc!r} and key {rpc_key!r}")
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=rpc_key,
+                                 session_timeout_sec=int(timeout_sec))
+    return ms.runner.RPCRunner(config, _evaluator(), max_workers=rpc_workers)
+
+
+@derived_object
+class _Progress(ms.measure_callback.PyMeasureCallback):
+    """Prints trials done and the best time so far after every round."""
+
+    def __init__(self, report: Callable[[str], None], label: str, done: int, total: int, best: float) -> None:
+        super().__init__()
+        self.report, self.label, self.done, self.total, self.best = report, label, done, total, best
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+        failed = 0
+        for result in runner_results:
+            secs = [float(s) for s in (result.run_secs or [])]
+            if result.error_msg or not secs:
+                failed += 1
+            else:
+                self.best = min(self.best, statistics.fmean(secs))
+        self.done += len(runner_results)
+        self.report(f"  {self.label}: {self.done}/{self.total} trials, best {self.best * 1e3:.4f} ms"
+                    + (f" ({failed} failed this round)" if failed else ""))
+
+
+def _build_and_run(schedules: Sequence[tvm.IRModule], target: Target, builder, runner) -> list[float]:
+    """Mean seconds of each module, measured one after another (FAILED_SECONDS if it failed)."""
+    built = builder.build([ms.builder.BuilderInput(mod, target) for mod in schedules])
+    inputs, where = [], []
+    for i, (mod, result) in enumerate(zip(schedules, built)):
+        if result.error_msg is None:
+            inputs.append(ms.runner.RunnerInput(result.artifact_path, _device_type(target),
+                                                ArgInfo.from_prim_func(mod["main"])))
+            where.append(i)
+    seconds = [FAILED_SECONDS] * len(schedules)
+    for i, future in zip(where, runner.run(inputs)):
+        result = future.result()
+        if result.error_msg is None and result.run_secs:
+            seconds[i] = statistics.fmean(float(s) for s in result.run_secs)
+    return seconds
+
+
+def _device_type(target: Target) -> str:
+    return "cuda" if target.kind.name == "cuda" else "cpu"
+
+
+def _hand_schedule(wl: Workload, target: Target, mod: tvm.IRModule) -> Schedule:
+    sch = Schedule(mod)
+    schedules_for(target).schedule(sch, wl, target)
+    return sch
+
+
+def _best_tuned(log: TuningLog, workload):
+    """The fastest record other than the first, which is always the hand-written schedule."""
+    measured = [r for r in log.records(workload)[1:] if r.run_secs and _mean(r) < FAILED_SECONDS]
+    return min(measured, key=_mean, default=None)
+
+
+def _spaces(wl: Workload, target: Target) -> list[tuple[str, ms.space_generator.SpaceGenerator]]:
+    hand = ms.space_generator.ScheduleFn(lambda sch: schedules_for(target).schedule(sch, wl, target))
+    return [("knobs", hand), ("generic", ms.space_generator.PostOrderApply())]
+
+
+def _search(wl: Workload, target: Target, log: TuningLog, trials: int, builder, runner, progress: _Progress,
+            seed: int | None) -> None:
+    mod = workload_module(wl)
+    tasks = [ms.TuneContext(mod=mod, target=target, space_generator=space, task_name=name,
+                            search_strategy=ms.search_strategy.EvolutionarySearch(
+                                population_size=128, init_min_unmeasured=32),
+                            num_threads=os.cpu_count() or 1, rand_state=-1 if seed is None else seed + i,
+                            logger=None).clone()
+             for i, (name, space) in enumerate(_spaces(wl, target))]
+    with tempfile.TemporaryDirectory(prefix="tvmsep-tune-") as work_dir:
+        ms.tune.tune_tasks(tasks=tasks, task_weights=[1.0] * len(tasks), work_dir=work_dir,
+                           max_trials_global=trials, max_trials_per_task=trials,
+                           num_trials_per_iter=max(1, min(TRIALS_PER_ROUND, trials // len(tasks))), builder=builder, runner=runner,
+                           database=log, cost_model=ms.cost_model.XGBModel(num_tuning_cores=os.cpu_count() or 1),
+                           measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [progress],
+                           task_scheduler="round-robin")
+
+
+def _verify(wl: Workload, target: Target, log: TuningLog, workload, builder, runner) -> tuple[float, float, object]:
+    """(hand s, best record s, best record), measured alternately side by side."""
+    best = _best_tuned(log, workload)
+    hand = _hand_schedule(wl, target, workload.mod).mod
+    if best is None:
+        return statistics.median(_build_and_run([hand] * VERIFY_ROUNDS, target, builder, runner)), FAILED_SECONDS, None
+    sch = Schedule(workload.mod)
+    best.trace.apply_to_schedule(sch, remove_postproc=False)
+    seconds = _build_and_run([hand, sch.mod] * VERIFY_ROUNDS, target, builder, runner)
+    return statistics.median(seconds[0::2]), statistics.median(seconds[1::2]), best
+
+
+def tune(workloads: Sequence[Workload], *, target=None, trials: int = 64,
+         log_dir: str | os.PathLike = "tuning_logs", rpc: str | None = None, rpc_key: str | None = None,
+         builder: ms.builder.Builder | None = None, runner: ms.runner.Runner | None = None,
+         report: Callable[[str], None] = print, seed: int | None = None) -> list[TuneOutcome]:
+    """Tune each distinct workload up to `trials` records (counting those already logged)."""
+    if trials < 1:
+        raise ValueError(f"`trials` must be at least 1, got {trials}")
+    target = resolve_target(target)
+    log = TuningLog(Path(log_dir) / target_folder_name(target))
+    builder = builder or make_builder()
+    runner = runner or make_runner(rpc, rpc_key)
+    distinct = list(dict.fromkeys(workloads))
+    outcomes = []
+    for n, wl in enumerate(distinct, 1):
+        label = f"[{n}/{len(distinct)}] {wl.describe()}"
+        workload = log.commit_workload(workload_module(wl))
+        if not log.records(workload):  # the hand-written schedule is always the first record
+            sch = _hand_schedule(wl, target, workload.mod)
+            seconds = _build_and_run([sch.mod], target, builder, runner)[0]
+            log.commit_tuning_record(ms.database.TuningRecord(
+                sch.trace, workload, [seconds] if seconds < FAILED_SECONDS else None, target,
+                ArgInfo.from_prim_func(workload.mod["main"])))
+            report(f"{label}: hand-written {seconds * 1e3:.4f} ms")
+        done = len(log.records(workload))
+        if 1 < done < trials:
+            report(f"{label}: continuing from {done} logged trials")
+        if done < trials:
+            best = log.get_top_k(workload, 1)
+            progress = _Progress(report, label, done, trials, _mean(best[0]) if best else math.inf)
+            _search(wl, target, log, trials - done, builder, runner, progress, seed)
+        else:
+            report(f"{label}: {done} trials already logged")
+        hand_s, tuned_s, best = _verify(wl, target, log, workload, builder, runner)
+        use = "tuned" if best is not None and tuned_s < hand_s else "hand"
+        log.commit_verdict({
+            "workload": str(tvm_ffi.structural_hash(workload.mod)), "describe": wl.describe(),
+            "use": use, "hand_ms": hand_s * 1e3, "tuned_ms": tuned_s * 1e3, "trials": len(log.records(workload)),
+            "trace": None if best is None else best.trace.as_json(remove_postproc=False),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        })
+        outcome = TuneOutcome(wl, hand_s * 1e3, (hand_s if best is None else tuned_s) * 1e3,
+                              len(log.records(workload)), use)
+        report(f"{label}: hand {outcome.hand_ms:.4f} ms, best {outcome.tuned_ms:.4f} ms side by side -> {use}")
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _mean(record) -> float:
+    return statistics.fmean(float(s) for s in record.run_secs)
+
+
+def format_table(outcomes: Sequence[TuneOutcome]) -> str:
+    lines = [f"{'workload':<58} {'hand ms':>9} {'tuned ms':>9} {'speed-up':>8} {'trials':>6}  use",
+             "-" * 100]
+    for o in outcomes:
+        lines.append(f"{o.workload.describe():<58} {o.hand_ms:9.4f} {o.tuned_ms:9.4f} {o.speedup:7.2f}x "
+                     f"{o.trials:6d}  {o.use}")
+    if outcomes:
+        geomean = math.exp(statistics.fmean(math.log(o.speedup) for o in outcomes))
+        lines.append(f"geometric-mean speed-up of the chosen schedules over hand-written: {geomean:.2f}x")
+    return "\n".join(lines)

@@ -1,0 +1,248 @@
+"""Tuning logs: meta-schedule databases in TVM's own JSON format, safe to share.
+
+A folder holds TVM's two files, so `tvm.s_tir.meta_schedule.database.JSONDatabase`
+reads it as is:
+
+    database_workload.json       one line per workload: [structural hash, module]
+    database_tuning_record.json  one line per measured candidate: [workload line, record]
+
+plus `verdicts.json`, tvmsep's own: one line per finished tuning job, saying
+whether the best record beat the hand-written schedule side by side.
+
+Every line is appended with a single write under an exclusive lock on
+`.lock`, then synced, so jobs sharing a folder never interleave lines, and a
+job killed at any moment leaves at most a partial last line, which the next
+writer trims (it was never a whole record). Lines other jobs append are picked
+up before each read and write, so workload line numbers stay consistent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import tvm
+import tvm_ffi
+from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord
+from tvm.s_tir.meta_schedule.database import Workload as TVMWorkload
+
+__all__ = ["TuningLog", "target_folder_name", "log_folders", "WORKLOAD_FILE", "RECORD_FILE", "VERDICT_FILE"]
+
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+VERDICT_FILE = "verdicts.json"
+# A failed candidate (build error, crash, timeout) is stored with this time, as TVM does.
+FAILED_SECONDS = 1e10
+
+
+def _plain(value: Any) -> Any:
+    """TVM's JSON values (Array, Map, boxed scalars) as plain Python for `json`."""
+    if isinstance(value, (str, bool, int, float)) or value is None:
+        return value
+    if hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if hasattr(value, "__iter__"):
+        return [_plain(v) for v in value]
+    return value.value
+
+
+class _Lines:
+    """One append-only JSON-lines file: whole lines in, whole lines out."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0  # bytes already parsed
+
+    def trim_partial_tail(self) -> None:
+        """Drop a last line without its newline: a writer died in the middle of it."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            warnings.warn(f"{self.path}: dropping an unfinished last line ({len(data) - keep} bytes) "
+                          "left by an interrupted job", stacklevel=3)
+            with open(self.path, "r+b") as f:
+                f.truncate(keep)
+
+    def read_new(self) -> list[Any]:
+        """Parsed lines appended since the last call; stops before a partial last line."""
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        complete = data[:data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        rows = []
+        for number, line in enumerate(complete.splitlines()):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    warnings.warn(f"{self.path}: skipping an unreadable line", stacklevel=3)
+                    rows.append(None)  # keeps line numbers (workload indices) aligned
+        return rows
+
+    def append(self, row: Any) -> None:
+        line = (json.dumps(_plain(row), separators=(",", ":")) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@derived_object
+class TuningLog(PyDatabase):
+    """A meta-schedule database over one folder, shared safely between processes.
+
+    `writable=False` opens a shipped, read-only folder (no lock, no repair).
+    """
+
+    def __init__(self, folder: str | os.PathLike, writable: bool = True) -> None:
+        super().__init__()
+        self.folder = Path(folder)
+        self.writable = writable
+        self._workload_file = _Lines(self.folder / WORKLOAD_FILE)
+        self._record_file = _Lines(self.folder / RECORD_FILE)
+        self._verdict_file = _Lines(self.folder / VERDICT_FILE)
+        self._workloads: list[TVMWorkload | None] = []
+        self._by_hash: dict[str, list[int]] = {}
+        self._records: dict[int, list[TuningRecord]] = {}
+        self._verdicts: list[dict] = []
+        if writable:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            if writable:
+                for lines in (self._workload_file, self._record_file, self._verdict_file):
+                    lines.trim_partial_tail()
+            self._sync()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if not self.writable:
+            yield
+            return
+        with open(self.folder / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _sync(self) -> None:
+        """Take in what other jobs appended (call under the lock)."""
+        for row in self._workload_file.read_new():
+            index = len(self._workloads)
+            workload = None if row is None else TVMWorkload.from_json(row)
+            self._workloads.append(workload)
+            if workload is not None:
+                self._by_hash.setdefault(row[0], []).append(index)
+        for row in self._record_file.read_new():
+            if row is None:
+                continue
+            index, record = row
+            workload = self._workloads[index] if 0 <= index < len(self._workloads) else None
+            if workload is None:
+                warnings.warn(f"{self._record_file.path}: a record names workload line {index}, "
+                              "which is missing or unreadable; skipped", stacklevel=2)
+                continue
+            self._records.setdefault(index, []).append(TuningRecord.from_json(record, workload))
+        self._verdicts.extend(v for v in self._verdict_file.read_new() if v is not None)
+
+    def _find(self, mod: tvm.IRModule) -> int | None:
+        for index in self._by_hash.get(str(tvm_ffi.structural_hash(mod)), []):
+            if tvm_ffi.structural_equal(self._workloads[index].mod, mod):
+                return index
+        return None
+
+    def _index_of(self, workload: TVMWorkload) -> int | None:
+        return self._find(workload.mod)
+
+    # -- PyDatabase ---------------------------------------------------------
+
+    def has_workload(self, mod: tvm.IRModule) -> bool:
+        with self._locked():
+            self._sync()
+            return self._find(mod) is not None
+
+    def commit_workload(self, mod: tvm.IRModule) -> TVMWorkload:
+        with self._locked():
+            self._sync()
+            index = self._find(mod)
+            if index is not None:
+                return self._workloads[index]
+            if not self.writable:
+                raise PermissionError(f"{self.folder} is opened read-only")
+            workload = TVMWorkload(mod)
+            self._workload_file.append(workload.as_json())
+            self._sync()
+            return self._workloads[self._find(mod)]
+
+    def commit_tuning_record(self, record: TuningRecord) -> None:
+        if not self.writable:
+            raise PermissionError(f"{self.folder} is opened read-only")
+        with self._locked():
+            self._sync()
+            index = self._index_of(record.workload)
+            self._record_file.append([index, record.as_json()])
+            self._sync()
+
+    def get_top_k(self, workload: TVMWorkload, top_k: int) -> list[TuningRecord]:
+        with self._locked():
+            self._sync()
+        measured = [r for r in self.records(workload) if _seconds(r) < FAILED_SECONDS]
+        return sorted(measured, key=_seconds)[:top_k]
+
+    def get_all_tuning_records(self) -> list[TuningRecord]:
+        return [r for records in self._records.values() for r in records]
+
+    def __len__(self) -> int:
+        return sum(len(records) for records in self._records.values())
+
+    # -- tvmsep's additions -------------------------------------------------
+
+    def records(self, workload: TVMWorkload) -> list[TuningRecord]:
+        """Every record of `workload`, failed ones included, in the order measured."""
+        index = self._index_of(workload)
+        return list(self._records.get(index, [])) if index is not None else []
+
+    def commit_verdict(self, verdict: dict) -> None:
+        with self._locked():
+            self._verdict_file.append(verdict)
+            self._sync()
+
+    def verdict(self, mod: tvm.IRModule) -> dict | None:
+        """The latest finished job's verdict on the workload `mod`, if any."""
+        shash = str(tvm_ffi.structural_hash(mod))
+        return next((v for v in reversed(self._verdicts) if v.get("workload") == shash), None)
+
+
+def target_folder_name(target: tvm.target.Target) -> str:
+    """Log folder of a target: its kind and CPU/GPU name, e.g. `llvm-znver5`."""
+    arch = target.attrs.get("mcpu", "") or target.attrs.get("arch", "")
+    return f"{target.kind.name}-{arch}" if arch else target.kind.name
+
+
+def log_folders(target: tvm.target.Target) -> list[Path]:
+    """Where compiled workloads look for tuning verdicts, first match wins:
+    `$TVMSEP_TUNING_DIR/<target>` if set, then the logs shipped in the package."""
+    from importlib import resources
+    name = target_folder_name(target)
+    folders = [Path(os.environ["TVMSEP_TUNING_DIR"]) / name] if os.environ.get("TVMSEP_TUNING_DIR") else []
+    return folders + [Path(str(resources.files("tvmsep.tuning_logs"))) / name]
+
+
+def _seconds(record: TuningRecord) -> float:
+    """Mean measured time of a record (FAILED_SECONDS when it never ran)."""
+    if not record.run_secs:
+        return FAILED_SECONDS
+    return sum(float(s) for s in record.run_secs) / len(record.run_secs)

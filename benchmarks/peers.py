@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 import tvmsep
+from tvmsep import build, runtime
 from tvmsep.networks import Layer, network
 from tvmsep.spec import Workload
 from tvmsep.target import host_target
@@ -125,7 +126,10 @@ def _implementations(layer: Layer, op: str, threads: int, rng, with_tf: bool):
         (lambda **kw: tvmsep.separable_conv2d(x, f, p, *args, **kw))
     expected = ours().transpose(0, 3, 1, 2)
     out = np.empty(wl.output_shape, np.float32)
+    hand = runtime.Kernel(wl, build.compile_module(wl, host_target())["main"], "hand-written")
+    inputs = [x, f] if p is None else [x, f, p]
     impls = {"tvmsep": (ours, None), "tvmsep_out": (lambda: ours(out=out), None),
+             "tvmsep_hand": (lambda: hand.run(inputs, out), lambda: out.transpose(0, 3, 1, 2)),
              "ort": _ort(layer, wl, x_nchw, f, p, threads),
              "torch": _torch(layer, wl, x_nchw, f, p, channels_last=False),
              "torch_cl": _torch(layer, wl, x_nchw, f, p, channels_last=True),
@@ -191,7 +195,7 @@ def main() -> int:
 
     layers = [layer for layer in network("public") if not args.only or layer.name in args.only.split(",")]
     rng = np.random.default_rng(0)
-    columns = ("tvmsep", "tvmsep_out") + (PEERS if args.tf else PEERS[:-1])
+    columns = ("tvmsep", "tvmsep_out", "tvmsep_hand") + (PEERS if args.tf else PEERS[:-1])
     lines = [f"| layer | op | shape | {' | '.join(columns)} | best peer / tvmsep |",
              "|" + "---|" * (len(columns) + 4)]
     ratios: dict[tuple[str, str], list[float]] = {}
@@ -220,7 +224,8 @@ def main() -> int:
               f"- machine: {_machine()}", f"- date: {datetime.date.today()}", f"- versions: {', '.join(versions)}",
               f"- command: `python benchmarks/peers.py --repeats {args.repeats} --threads {args.threads}`",
               "- median ms per call, in one process, implementations taking turns in blocks of 25 calls; tvmsep is NHWC numpy in/out, "
-              "`tvmsep_out` passes `out=`; ORT and torch get NCHW (torch_cl: channels_last), TF NHWC eager.", ""]
+              "`tvmsep_out` passes `out=`; `tvmsep_hand` is the hand-written schedule where a tuned one is shipped "
+              "(with `out=`); ORT and torch get NCHW (torch_cl: channels_last), TF NHWC eager.", ""]
     report = "\n".join(header + lines + summary) + "\n"
     print("\n".join(summary))
     output = args.output or Path(__file__).parent / "results" / f"cpu-{host_target().attrs['mcpu']}.md"

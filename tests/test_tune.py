@@ -95,7 +95,7 @@ def test_compiling_uses_the_verdict(tuned_log, monkeypatch, rng):
                key=lambda r: float(r.run_secs[0]))
     verdict = json.loads(_lines(folder / VERDICT_FILE)[-1])
     log.commit_verdict({**verdict, "use": "tuned", "trace": best.trace.as_json(remove_postproc=False)})
-    build._open_log.cache_clear()
+    build._verdicts.cache_clear()
     assert build.tuned_trace(wl, host_target()) is not None
     key_tuned = ops.cache_key(wl, host_target(), build.schedules_for(host_target()),
                               build.tuned_trace(wl, host_target()))
@@ -109,7 +109,7 @@ def test_compiling_uses_the_verdict(tuned_log, monkeypatch, rng):
     assert_close(out, depthwise_reference(x, f, wl), "float32")
     ops._kernels.clear()
     ops._memo.clear()
-    build._open_log.cache_clear()
+    build._verdicts.cache_clear()
 
 
 def test_partial_last_line_is_trimmed_and_tvm_still_reads(tuned_log, tmp_path):

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import tvm
+import tvm_ffi
 from tvm import s_tir
 from tvm.target import Target
 
 from .compute import prim_func
 from .spec import Workload
-from .tuning_log import VERDICT_FILE, TuningLog, log_folders
+from .tuning_log import log_folders, read_verdicts
 
 __all__ = ["workload_module", "tuned_trace", "scheduled_module", "compile_scheduled", "compile_module"]
 
@@ -43,17 +44,17 @@ def workload_module(wl: Workload) -> tvm.IRModule:
 def tuned_trace(wl: Workload, target: Target) -> Any | None:
     """The schedule trace (JSON) a finished tuning job chose for `wl` on `target`,
     or None when there is none or the hand-written schedule won."""
-    mod = workload_module(wl)
+    shash = str(tvm_ffi.structural_hash(workload_module(wl)))
     for folder in log_folders(target):
-        verdict = _open_log(folder).verdict(mod) if (folder / VERDICT_FILE).exists() else None
+        verdict = _verdicts(folder).get(shash)
         if verdict is not None:
             return verdict["trace"] if verdict["use"] == "tuned" else None
     return None
 
 
 @functools.lru_cache(maxsize=None)
-def _open_log(folder: Path) -> TuningLog:
-    return TuningLog(folder, writable=False)
+def _verdicts(folder: Path) -> dict[str, dict]:
+    return read_verdicts(folder)
 
 
 def scheduled_module(wl: Workload, target: Target, trace: Any | None = None) -> tvm.IRModule:

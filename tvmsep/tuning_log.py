@@ -32,7 +32,8 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord
 from tvm.s_tir.meta_schedule.database import Workload as TVMWorkload
 
-__all__ = ["TuningLog", "target_folder_name", "log_folders", "WORKLOAD_FILE", "RECORD_FILE", "VERDICT_FILE"]
+__all__ = ["TuningLog", "read_verdicts", "target_folder_name", "log_folders",
+           "WORKLOAD_FILE", "RECORD_FILE", "VERDICT_FILE"]
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -117,7 +118,6 @@ class TuningLog(PyDatabase):
         self._workloads: list[TVMWorkload | None] = []
         self._by_hash: dict[str, list[int]] = {}
         self._records: dict[int, list[TuningRecord]] = {}
-        self._verdicts: list[dict] = []
         if writable:
             self.folder.mkdir(parents=True, exist_ok=True)
         with self._locked():
@@ -156,7 +156,6 @@ class TuningLog(PyDatabase):
                               "which is missing or unreadable; skipped", stacklevel=2)
                 continue
             self._records.setdefault(index, []).append(TuningRecord.from_json(record, workload))
-        self._verdicts.extend(v for v in self._verdict_file.read_new() if v is not None)
 
     def _find(self, mod: tvm.IRModule) -> int | None:
         for index in self._by_hash.get(str(tvm_ffi.structural_hash(mod)), []):
@@ -216,14 +215,21 @@ class TuningLog(PyDatabase):
         return list(self._records.get(index, [])) if index is not None else []
 
     def commit_verdict(self, verdict: dict) -> None:
+        """Append a finished job's choice for one workload (see `read_verdicts`)."""
         with self._locked():
             self._verdict_file.append(verdict)
-            self._sync()
 
-    def verdict(self, mod: tvm.IRModule) -> dict | None:
-        """The latest finished job's verdict on the workload `mod`, if any."""
-        shash = str(tvm_ffi.structural_hash(mod))
-        return next((v for v in reversed(self._verdicts) if v.get("workload") == shash), None)
+
+def read_verdicts(folder: Path) -> dict[str, dict]:
+    """The latest verdict per workload (structural hash) in `folder`.
+
+    Reads only `verdicts.json`: compiling needs nothing else, and parsing the
+    whole log takes seconds."""
+    verdicts: dict[str, dict] = {}
+    for verdict in _Lines(folder / VERDICT_FILE).read_new():
+        if isinstance(verdict, dict) and "workload" in verdict:
+            verdicts[verdict["workload"]] = verdict
+    return verdicts
 
 
 def target_folder_name(target: tvm.target.Target) -> str:

@@ -1,0 +1,126 @@
+"""Tuning results against this machine's limits.
+
+For each preset workload with a verdict in the tuning logs: hand-written and
+tuned time (measured side by side at the end of the tuning job), the chosen
+schedule, and what the chosen kernel achieves: GFLOP/s and GB/s (compulsory
+traffic: inputs, filters and output once each), next to this machine's peaks
+measured here (a large copy for bandwidth, a large GEMM for FLOP/s). Layers
+this small live in cache, so each row also gives the time of a plain copy of
+the layer's own compulsory bytes: a kernel cannot beat that by much.
+
+    python benchmarks/tuning_report.py [--networks mobilenet_v1,mobilenet_v2] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tvm_ffi
+
+from tvmsep.build import workload_module
+from tvmsep.networks import network
+from tvmsep.spec import Workload
+from tvmsep.target import host_target
+from tvmsep.tuning_log import log_folders, read_verdicts, target_folder_name
+
+
+def _median_seconds(fn, repeats: int = 15) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_bandwidth_gbs() -> float:
+    """Copy of a 512 MiB array: bytes read plus bytes written per second."""
+    src = np.ones(128 * 2**20, np.float32)
+    dst = np.empty_like(src)
+    return 2 * src.nbytes / _median_seconds(lambda: np.copyto(dst, src), 7) / 1e9
+
+
+def peak_gflops(threads: int) -> float:
+    """A 2048^3 float32 GEMM through PyTorch (oneDNN/MKL) on `threads` threads."""
+    import torch
+    torch.set_num_threads(threads)
+    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    return 2 * 2048**3 / _median_seconds(lambda: torch.mm(a, b), 10) / 1e9
+
+
+def copy_ms(nbytes: int, threads: int) -> float:
+    """A multi-threaded copy moving `nbytes` in all (half read, half written)."""
+    import torch
+    torch.set_num_threads(threads)
+    src = torch.ones(max(1, nbytes // 8))
+    dst = torch.empty_like(src)
+    return _median_seconds(lambda: dst.copy_(src), 200) * 1e3
+
+
+def compulsory_bytes(wl: Workload) -> int:
+    item = np.dtype(wl.dtype).itemsize
+    shapes = [wl.input_shape, wl.filter_shape, wl.output_shape]
+    if wl.op == "separable":
+        shapes.append(wl.pointwise_shape)
+    return item * sum(math.prod(s) for s in shapes)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--networks", default="mobilenet_v1,mobilenet_v2")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+
+    target = host_target()
+    verdicts = read_verdicts(log_folders(target)[-1])  # the logs shipped in the package
+    bandwidth, gflops = peak_bandwidth_gbs(), peak_gflops(args.threads)
+    rows, speedups = [], []
+    for name in args.networks.split(","):
+        for op in ("depthwise", "separable"):
+            for wl in dict.fromkeys(layer.workload(op) for layer in network(name)):
+                verdict = verdicts.get(str(tvm_ffi.structural_hash(workload_module(wl))))
+                if verdict is None:
+                    rows.append(f"| {name} | {wl.describe()} | not tuned | | | | | | |")
+                    continue
+                chosen_ms = verdict["tuned_ms"] if verdict["use"] == "tuned" else verdict["hand_ms"]
+                speedups.append(verdict["hand_ms"] / chosen_ms)
+                achieved_gflops = wl.flops / chosen_ms / 1e6
+                achieved_gbs = compulsory_bytes(wl) / chosen_ms / 1e6
+                rows.append(f"| {name} | {wl.describe()} | {verdict['hand_ms']:.4f} | {verdict['tuned_ms']:.4f} | "
+                            f"{verdict['use']} {verdict['hand_ms'] / chosen_ms:.2f}x | {verdict['trials']} | "
+                            f"{achieved_gflops:.0f} ({achieved_gflops / gflops:.0%}) | "
+                            f"{achieved_gbs:.0f} ({achieved_gbs / bandwidth:.0%}) | "
+                            f"{copy_ms(compulsory_bytes(wl), args.threads):.4f} |")
+    geomean = math.exp(statistics.fmean(math.log(s) for s in speedups)) if speedups else float("nan")
+    report = "\n".join([
+        f"# Tuning results, {target_folder_name(target)}", "",
+        f"- date: {datetime.date.today()}; target: `{target}`",
+        "- hand and tuned ms: medians of 5 alternating side-by-side rounds at the end of each tuning job "
+        "(`tvmsep tune`); `chosen` is what compiling now uses, and its speed-up over hand-written",
+        f"- this machine's peaks, measured now: copy bandwidth {bandwidth:.0f} GB/s (512 MiB, read + write), "
+        f"GEMM {gflops:.0f} GFLOP/s (2048^3 fp32, PyTorch, {args.threads} threads)",
+        "- achieved: chosen kernel's GFLOP/s and compulsory GB/s (each tensor touched once), "
+        "as a share of those peaks; `copy ms`: a plain 2-thread copy of the same number of bytes, now", "",
+        "| preset | workload | hand ms | tuned ms | chosen | trials | GFLOP/s (of peak) | GB/s (of peak) | copy ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows, "",
+        f"Geometric-mean speed-up of the chosen schedules over hand-written: {geomean:.2f}x "
+        f"over {len(speedups)} workloads.", ""])
+    print(report)
+    output = args.output or Path(__file__).parent / "results" / f"tuning-{target.attrs['mcpu']}.md"
+    output.write_text(report)
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

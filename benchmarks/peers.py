@@ -223,9 +223,10 @@ def main() -> int:
     header = [f"# tvmsep vs peers, fp32, {args.threads} threads", "",
               f"- machine: {_machine()}", f"- date: {datetime.date.today()}", f"- versions: {', '.join(versions)}",
               f"- command: `python benchmarks/peers.py --repeats {args.repeats} --threads {args.threads}`",
-              "- median ms per call, in one process, implementations taking turns in blocks of 25 calls; tvmsep is NHWC numpy in/out, "
-              "`tvmsep_out` passes `out=`; `tvmsep_hand` is the hand-written schedule where a tuned one is shipped "
-              "(with `out=`); ORT and torch get NCHW (torch_cl: channels_last), TF NHWC eager.", ""]
+              "- median ms per call, in one process, implementations taking turns in blocks of 25 calls; "
+              "tvmsep is NHWC numpy in/out, `tvmsep_out` passes `out=`; `tvmsep_hand` (with `out=`) is the "
+              "hand-written schedule, which differs from tvmsep's where a tuned one is shipped; "
+              "ORT and torch get NCHW (torch_cl: channels_last), TF NHWC eager.", ""]
     report = "\n".join(header + lines + summary) + "\n"
     print("\n".join(summary))
     output = args.output or Path(__file__).parent / "results" / f"cpu-{host_target().attrs['mcpu']}.md"

@@ -162,9 +162,12 @@ def _search(wl: Workload, target: Target, log: TuningLog, trials: int, builder, 
                             logger=None).clone()
              for i, (name, space) in enumerate(_spaces(wl, target))]
     with tempfile.TemporaryDirectory(prefix="tvmsep-tune-") as work_dir:
+        # Round-robin over the two spaces; a space that runs out of new
+        # candidates (the knob space is small) leaves the budget to the other.
         ms.tune.tune_tasks(tasks=tasks, task_weights=[1.0] * len(tasks), work_dir=work_dir,
                            max_trials_global=trials, max_trials_per_task=trials,
-                           num_trials_per_iter=max(1, min(TRIALS_PER_ROUND, trials // len(tasks))), builder=builder, runner=runner,
+                           num_trials_per_iter=max(1, min(TRIALS_PER_ROUND, trials // len(tasks))),
+                           builder=builder, runner=runner,
                            database=log, cost_model=ms.cost_model.XGBModel(num_tuning_cores=os.cpu_count() or 1),
                            measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [progress],
                            task_scheduler="round-robin")

@@ -2,7 +2,8 @@
 
 Every implementation gets the same inputs in its own preferred layout, is
 checked against tvmsep's result first, then timed call by call in one process,
-taking turns in blocks so drift hits all of them alike. Medians in ms.
+taking turns in blocks, in a random order each round, so drift and a previous
+library's spinning threads hit all of them alike. Medians in ms.
 tvmsep is called as users call it: numpy in, numpy out (and with `out=`).
 
     python benchmarks/peers.py [--repeats 200] [--threads 2] [--only v1_03,v2_01]
@@ -17,6 +18,7 @@ import datetime
 import math
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -144,20 +146,26 @@ def _implementations(layer: Layer, op: str, threads: int, rng, with_tf: bool):
     return wl, {name: call for name, (call, _) in impls.items()}
 
 
-def _time(calls: dict, repeats: int, block: int = 25) -> dict[str, float]:
-    """Median ms per call. Implementations take turns in blocks of `block` calls:
-    drift hits all alike, and a thread pool still spinning from the previous
-    library's call only touches the first calls of a block, which the median drops."""
+def _time(calls: dict, repeats: int, block: int = 25, settle: int = 5) -> dict[str, float]:
+    """Median ms per call. Implementations take turns in blocks of `block` calls,
+    in a fresh random order every round: drift hits all alike. The first
+    `settle` calls of a block are not counted: they share the cores with the
+    previous library's thread pool, still spinning (TF's spins for milliseconds)."""
     samples = {name: [] for name in calls}
+    order = list(calls)
+    shuffle = random.Random(0).shuffle
     for _ in range(3):
         for call in calls.values():
             call()
-    for _ in range(max(1, repeats // block)):
-        for name, call in calls.items():
-            for _ in range(block):
+    for _ in range(max(1, repeats // (block - settle))):
+        shuffle(order)
+        for name in order:
+            call = calls[name]
+            for i in range(block):
                 start = time.perf_counter()
                 call()
-                samples[name].append(time.perf_counter() - start)
+                if i >= settle:
+                    samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(s) * 1e3 for name, s in samples.items()}
 
 
@@ -223,7 +231,8 @@ def main() -> int:
     header = [f"# tvmsep vs peers, fp32, {args.threads} threads", "",
               f"- machine: {_machine()}", f"- date: {datetime.date.today()}", f"- versions: {', '.join(versions)}",
               f"- command: `python benchmarks/peers.py --repeats {args.repeats} --threads {args.threads}`",
-              "- median ms per call, in one process, implementations taking turns in blocks of 25 calls; "
+              "- median ms per call, in one process, implementations taking turns in blocks of 25 calls "
+              "(the first 5 not counted) in a random order each round; "
               "tvmsep is NHWC numpy in/out, `tvmsep_out` passes `out=`; `tvmsep_hand` (with `out=`) is the "
               "hand-written schedule, which differs from tvmsep's where a tuned one is shipped; "
               "ORT and torch get NCHW (torch_cl: channels_last), TF NHWC eager.", ""]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tvmsep import ops
-from tvmsep.cache import CacheWarning, ModuleCache
+from tvmsep.cache import CacheWarning, ModuleCache, cache_key
 from tvmsep.cli import main as cli_main
 from tvmsep.spec import depthwise_workload
 from tvmsep.target import host_target
@@ -25,7 +25,7 @@ def _workload(channels):
 def _key(wl):
     from tvmsep import build
     target = host_target()
-    return ops.cache_key(wl, target, build.schedules_for(target))
+    return cache_key(wl, target, build.schedules_for(target))
 
 
 def _build(wl):

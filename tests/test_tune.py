@@ -21,6 +21,7 @@ from tvm.s_tir import meta_schedule as ms
 
 import tvmsep
 from tvmsep import build, ops
+from tvmsep.cache import cache_key
 from tvmsep.reference import depthwise_reference
 from tvmsep.spec import depthwise_workload
 from tvmsep.tune import tune
@@ -97,9 +98,9 @@ def test_compiling_uses_the_verdict(tuned_log, monkeypatch, rng):
     log.commit_verdict({**verdict, "use": "tuned", "trace": best.trace.as_json(remove_postproc=False)})
     build._verdicts.cache_clear()
     assert build.tuned_trace(wl, host_target()) is not None
-    key_tuned = ops.cache_key(wl, host_target(), build.schedules_for(host_target()),
+    key_tuned = cache_key(wl, host_target(), build.schedules_for(host_target()),
                               build.tuned_trace(wl, host_target()))
-    assert key_tuned != ops.cache_key(wl, host_target(), build.schedules_for(host_target()))
+    assert key_tuned != cache_key(wl, host_target(), build.schedules_for(host_target()))
     ops._kernels.clear()
     ops._memo.clear()
     x = rng.standard_normal(wl.input_shape, dtype=np.float32)

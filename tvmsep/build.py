@@ -44,17 +44,23 @@ def workload_module(wl: Workload) -> tvm.IRModule:
 def tuned_trace(wl: Workload, target: Target) -> Any | None:
     """The schedule trace (JSON) a finished tuning job chose for `wl` on `target`,
     or None when there is none or the hand-written schedule won."""
-    shash = str(tvm_ffi.structural_hash(workload_module(wl)))
+    shash = None
     for folder in log_folders(target):
-        verdict = _verdicts(folder).get(shash)
+        verdicts, described = _verdicts(folder)
+        if wl.describe() not in described:
+            continue  # the cheap test first: the hash needs the TE function built
+        shash = shash or str(tvm_ffi.structural_hash(workload_module(wl)))
+        verdict = verdicts.get(shash)
         if verdict is not None:
             return verdict["trace"] if verdict["use"] == "tuned" else None
     return None
 
 
 @functools.lru_cache(maxsize=None)
-def _verdicts(folder: Path) -> dict[str, dict]:
-    return read_verdicts(folder)
+def _verdicts(folder: Path) -> tuple[dict[str, dict], frozenset[str]]:
+    """A folder's verdicts by structural hash, and the workload descriptions they name."""
+    verdicts = read_verdicts(folder)
+    return verdicts, frozenset(v.get("describe") for v in verdicts.values())
 
 
 def scheduled_module(wl: Workload, target: Target, trace: Any | None = None) -> tvm.IRModule:

@@ -19,7 +19,7 @@ from .cache import ModuleCache, cache_key
 from .spec import Workload, depthwise_workload, separable_workload
 from .target import resolve_target
 
-__all__ = ["depthwise_conv2d", "separable_conv2d", "get_kernel", "module_cache", "cache_key"]
+__all__ = ["depthwise_conv2d", "separable_conv2d", "get_kernel", "module_cache"]
 
 module_cache = ModuleCache()
 _kernels: dict[tuple[Workload, str], runtime.Kernel] = {}

@@ -39,7 +39,7 @@ from tvm.target import Target
 from .build import compile_scheduled, schedules_for, workload_module
 from .spec import Workload
 from .target import resolve_target
-from .tuning_log import FAILED_SECONDS, TuningLog, target_folder_name
+from .tuning_log import FAILED_SECONDS, TuningLog, record_seconds, target_folder_name
 
 __all__ = ["TuneOutcome", "tune", "format_table", "build_candidate", "make_builder", "make_runner"]
 
@@ -143,8 +143,8 @@ def _hand_schedule(wl: Workload, target: Target, mod: tvm.IRModule) -> Schedule:
 
 def _best_tuned(log: TuningLog, workload):
     """The fastest record other than the first, which is always the hand-written schedule."""
-    measured = [r for r in log.records(workload)[1:] if r.run_secs and _mean(r) < FAILED_SECONDS]
-    return min(measured, key=_mean, default=None)
+    measured = [r for r in log.records(workload)[1:] if record_seconds(r) < FAILED_SECONDS]
+    return min(measured, key=record_seconds, default=None)
 
 
 def _spaces(wl: Workload, target: Target) -> list[tuple[str, ms.space_generator.SpaceGenerator]]:
@@ -213,7 +213,7 @@ def tune(workloads: Sequence[Workload], *, target=None, trials: int = 64,
             report(f"{label}: continuing from {done} logged trials")
         if done < trials:
             best = log.get_top_k(workload, 1)
-            progress = _Progress(report, label, done, trials, _mean(best[0]) if best else math.inf)
+            progress = _Progress(report, label, done, trials, record_seconds(best[0]) if best else math.inf)
             _search(wl, target, log, trials - done, builder, runner, progress, seed)
         else:
             report(f"{label}: {done} trials already logged")
@@ -230,10 +230,6 @@ def tune(workloads: Sequence[Workload], *, target=None, trials: int = 64,
         report(f"{label}: hand {outcome.hand_ms:.4f} ms, best {outcome.tuned_ms:.4f} ms side by side -> {use}")
         outcomes.append(outcome)
     return outcomes
-
-
-def _mean(record) -> float:
-    return statistics.fmean(float(s) for s in record.run_secs)
 
 
 def format_table(outcomes: Sequence[TuneOutcome]) -> str:

@@ -10,7 +10,9 @@ from typing import Sequence
 from .spec import Workload
 from .target import resolve_target
 from .build import workload_module
-from .tuning_log import FAILED_SECONDS, TuningLog, target_folder_name
+from tvm.s_tir.meta_schedule.database import Workload as TVMWorkload
+
+from .tuning_log import FAILED_SECONDS, TuningLog, record_seconds, target_folder_name
 
 __all__ = ["plot_search"]
 
@@ -29,11 +31,12 @@ def plot_search(workloads: Sequence[Workload], log_dir: str | os.PathLike, path:
     rows = math.ceil(len(workloads) / columns) or 1
     fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
     for ax, wl in zip(axes.flat, workloads):
-        records = log.records(log.commit_workload(workload_module(wl)))
-        times = [sum(map(float, r.run_secs)) / len(r.run_secs) * 1e3 if r.run_secs else math.inf for r in records]
+        records = log.records(TVMWorkload(workload_module(wl)))  # none if never tuned: an empty panel
+        seconds = [record_seconds(r) for r in records]
+        times = [s * 1e3 if s < FAILED_SECONDS else math.inf for s in seconds]
         best, curve = math.inf, []
         for t in times:
-            best = min(best, t if t < FAILED_SECONDS * 1e3 else math.inf)
+            best = min(best, t)
             curve.append(best)
         ax.plot(range(1, len(curve) + 1), curve, label="best so far")
         if times and times[0] < math.inf:

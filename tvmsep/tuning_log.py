@@ -32,7 +32,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord
 from tvm.s_tir.meta_schedule.database import Workload as TVMWorkload
 
-__all__ = ["TuningLog", "read_verdicts", "target_folder_name", "log_folders",
+__all__ = ["TuningLog", "record_seconds", "read_verdicts", "target_folder_name", "log_folders",
            "WORKLOAD_FILE", "RECORD_FILE", "VERDICT_FILE"]
 
 WORKLOAD_FILE = "database_workload.json"
@@ -198,8 +198,8 @@ class TuningLog(PyDatabase):
     def get_top_k(self, workload: TVMWorkload, top_k: int) -> list[TuningRecord]:
         with self._locked():
             self._sync()
-        measured = [r for r in self.records(workload) if _seconds(r) < FAILED_SECONDS]
-        return sorted(measured, key=_seconds)[:top_k]
+        measured = [r for r in self.records(workload) if record_seconds(r) < FAILED_SECONDS]
+        return sorted(measured, key=record_seconds)[:top_k]
 
     def get_all_tuning_records(self) -> list[TuningRecord]:
         return [r for records in self._records.values() for r in records]
@@ -247,7 +247,7 @@ def log_folders(target: tvm.target.Target) -> list[Path]:
     return folders + [Path(str(resources.files("tvmsep.tuning_logs"))) / name]
 
 
-def _seconds(record: TuningRecord) -> float:
+def record_seconds(record: TuningRecord) -> float:
     """Mean measured time of a record (FAILED_SECONDS when it never ran)."""
     if not record.run_secs:
         return FAILED_SECONDS

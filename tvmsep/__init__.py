@@ -7,6 +7,10 @@
 
 __version__ = "0.1.0"
 
+from .threads import size_thread_pool
+
+size_thread_pool()  # before TVM starts its pool; see threads.py
+
 from .ops import depthwise_conv2d, separable_conv2d  # noqa: E402
 
 __all__ = ["depthwise_conv2d", "separable_conv2d", "__version__"]

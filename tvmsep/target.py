@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 from tvm.target import Target, codegen
+
+from .threads import usable_cores
 
 __all__ = ["resolve_target", "host_target"]
 
 
 @functools.lru_cache(maxsize=None)
 def host_target() -> Target:
-    """llvm for the host CPU (`mcpu` detected), `num-cores` = usable cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return Target({"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu()), "num-cores": cores})
+    """llvm for the host CPU (`mcpu` detected), `num-cores` = usable physical cores."""
+    return Target({"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu()), "num-cores": usable_cores()})
 
 
 def resolve_target(target: Any = None) -> Target:

@@ -4,11 +4,12 @@ For each preset workload with a verdict in the tuning logs: hand-written and
 tuned time (measured side by side at the end of the tuning job), the chosen
 schedule, and what the chosen kernel achieves: GFLOP/s and GB/s (compulsory
 traffic: inputs, filters and output once each), next to this machine's peaks
-measured here (a large copy for bandwidth, a large GEMM for FLOP/s). Layers
+measured here (a large copy for bandwidth, an FMA-only kernel for FLOP/s: see
+limits.py). Layers
 this small live in cache, so each row also gives the time of a plain copy of
 the layer's own compulsory bytes: a kernel cannot beat that by much.
 
-    python benchmarks/tuning_report.py [--networks mobilenet_v1,mobilenet_v2] [--threads 2]
+    python benchmarks/tuning_report.py [--networks mobilenet_v1,mobilenet_v2]
 """
 
 from __future__ import annotations
@@ -18,54 +19,18 @@ import datetime
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import tvm_ffi
 
+from limits import blas_gflops, copy_bandwidth_gbs, copy_ms, fma_peak_gflops
 from tvmsep.build import workload_module
 from tvmsep.networks import network
 from tvmsep.spec import Workload
 from tvmsep.target import host_target
+from tvmsep.threads import usable_cores
 from tvmsep.tuning_log import log_folders, read_verdicts, target_folder_name
-
-
-def _median_seconds(fn, repeats: int = 15) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def peak_bandwidth_gbs() -> float:
-    """Copy of a 512 MiB array: bytes read plus bytes written per second."""
-    src = np.ones(128 * 2**20, np.float32)
-    dst = np.empty_like(src)
-    return 2 * src.nbytes / _median_seconds(lambda: np.copyto(dst, src), 7) / 1e9
-
-
-def peak_gflops(threads: int) -> float:
-    """The faster of two tuned BLAS libraries on a 2048^3 float32 GEMM:
-    OpenBLAS through numpy and oneDNN/MKL through PyTorch."""
-    import torch
-    torch.set_num_threads(threads)
-    a, b = np.random.rand(2048, 2048).astype(np.float32), np.random.rand(2048, 2048).astype(np.float32)
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    best = min(_median_seconds(lambda: a @ b, 10), _median_seconds(lambda: torch.mm(ta, tb), 10))
-    return 2 * 2048**3 / best / 1e9
-
-
-def copy_ms(nbytes: int, threads: int) -> float:
-    """A multi-threaded copy moving `nbytes` in all (half read, half written)."""
-    import torch
-    torch.set_num_threads(threads)
-    src = torch.ones(max(1, nbytes // 8))
-    dst = torch.empty_like(src)
-    return _median_seconds(lambda: dst.copy_(src), 200) * 1e3
 
 
 def compulsory_bytes(wl: Workload) -> int:
@@ -79,13 +44,12 @@ def compulsory_bytes(wl: Workload) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--networks", default="mobilenet_v1,mobilenet_v2")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
 
     target = host_target()
     verdicts = read_verdicts(log_folders(target)[-1])  # the logs shipped in the package
-    bandwidth, gflops = peak_bandwidth_gbs(), peak_gflops(args.threads)
+    bandwidth, gflops, blas = copy_bandwidth_gbs(), fma_peak_gflops(), blas_gflops()
     rows, speedups = [], []
     for name in args.networks.split(","):
         for op in ("depthwise", "separable"):
@@ -102,17 +66,18 @@ def main() -> int:
                             f"{verdict['use']} {verdict['hand_ms'] / chosen_ms:.2f}x | {verdict['trials']} | "
                             f"{achieved_gflops:.0f} ({achieved_gflops / gflops:.0%}) | "
                             f"{achieved_gbs:.0f} ({achieved_gbs / bandwidth:.0%}) | "
-                            f"{copy_ms(compulsory_bytes(wl), args.threads):.4f} |")
+                            f"{copy_ms(compulsory_bytes(wl)):.4f} |")
     geomean = math.exp(statistics.fmean(math.log(s) for s in speedups)) if speedups else float("nan")
     report = "\n".join([
         f"# Tuning results, {target_folder_name(target)}", "",
         f"- date: {datetime.date.today()}; target: `{target}`",
         "- hand and tuned ms: medians of 5 alternating side-by-side rounds at the end of each tuning job "
         "(`tvmsep tune`); `chosen` is what compiling now uses, and its speed-up over hand-written",
-        f"- this machine's peaks, measured now: copy bandwidth {bandwidth:.0f} GB/s (512 MiB, read + write), "
-        f"GEMM {gflops:.0f} GFLOP/s (2048^3 fp32, best of numpy/OpenBLAS and PyTorch, {args.threads} threads)",
+        f"- this machine's peaks, measured now on {usable_cores()} cores: copy bandwidth {bandwidth:.0f} GB/s "
+        f"(512 MiB, read + write), FMA throughput {gflops:.0f} GFLOP/s (fp32, `benchmarks/limits.py`); "
+        "for comparison, a 2048^3 fp32 GEMM: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in blas.items()),
         "- achieved: chosen kernel's GFLOP/s and compulsory GB/s (each tensor touched once), "
-        "as a share of those peaks; `copy ms`: a plain 2-thread copy of the same number of bytes, now", "",
+        "as a share of those peaks; `copy ms`: a plain copy of the same number of bytes on all cores, now", "",
         "| preset | workload | hand ms | tuned ms | chosen | trials | GFLOP/s (of peak) | GB/s (of peak) | copy ms |",
         "|---|---|---|---|---|---|---|---|---|",
         *rows, "",

@@ -200,6 +200,7 @@ def main() -> int:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when TVM's pool starts, at the first kernel
 
     layers = [layer for layer in network("public") if not args.only or layer.name in args.only.split(",")]
     rng = np.random.default_rng(0)

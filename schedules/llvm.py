@@ -50,7 +50,7 @@ __all__ = ["VERSION", "schedule", "vector_lanes"]
 
 # Bump when a change here should invalidate compiled modules in user caches
 # (the cache key also hashes this file's source).
-VERSION = 1
+VERSION = 2
 
 # Output pixels per register block in depthwise: WB accumulators plus an
 # input and a filter vector stay well inside 16 (AVX2) or 32 (AVX-512) registers.
@@ -94,9 +94,12 @@ def _block(extent: int, preferred: int) -> int:
     return divisor if 2 * divisor > preferred else preferred
 
 
-def _vector(extent: int, lanes: int) -> int:
-    """Vector width along an axis: the largest divisor of the extent up to `lanes`."""
-    return _factor(extent, lanes)
+def _vector(extent: int, width: int, lanes: int) -> int:
+    """Vector width along an axis: the largest divisor of the extent up to `width`
+    that is whole SIMD registers or a power of two. Any other width (24 lanes
+    for 24 channels) is lowered by LLVM as shuffles between registers."""
+    return max(d for d in range(1, min(extent, width) + 1)
+               if extent % d == 0 and (d % lanes == 0 or d & (d - 1) == 0))
 
 
 def _knob(sch: s_tir.Schedule, default: int, alternatives: list[int], extent: int):
@@ -116,7 +119,7 @@ def _vector_knob(sch: s_tir.Schedule, extent: int, lanes: int, registers: int = 
     """A vector axis `registers` SIMD registers wide by default; the alternatives
     are 1 to `most` whole registers that divide the extent."""
     widths = [r * lanes for r in range(1, most + 1) if extent % (r * lanes) == 0]
-    return _knob(sch, _vector(extent, registers * lanes), widths, extent)
+    return _knob(sch, _vector(extent, registers * lanes, lanes), widths, extent)
 
 
 def schedule(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:

@@ -70,7 +70,9 @@ def fma_peak_gflops() -> float:
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(np.random.rand(*shape).astype("float32"), dev)
             for shape in ((cores, CHAINS, lanes), (STEPS,), (cores, CHAINS, lanes))]
-    seconds = np.median(kernel.mod.time_evaluator("main", dev, number=20, repeat=7)(*args).results)
+    # The fastest repeat: a peak is what the cores can do, and on a shared
+    # machine a repeat that lost a core to a neighbour runs at half speed.
+    seconds = min(kernel.mod.time_evaluator("main", dev, number=20, repeat=15)(*args).results)
     return 2 * cores * CHAINS * lanes * STEPS / seconds / 1e9
 
 

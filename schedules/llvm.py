@@ -46,6 +46,8 @@ from tvm.target import Target
 
 from tvmsep.spec import Workload
 
+from .common import accumulator, has_block, loop_depth
+
 __all__ = ["VERSION", "schedule", "vector_lanes"]
 
 # Bump when a change here should invalidate compiled modules in user caches
@@ -131,36 +133,10 @@ def schedule(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
         _pointwise(sch, wl, lanes, parallel)
 
 
-def _has_block(sch: s_tir.Schedule, name: str) -> bool:
-    try:
-        sch.get_sblock(name)
-    except Exception:  # the schedule raises its own error type for a missing block
-        return False
-    return True
-
-
-def _accumulator(sch: s_tir.Schedule, name: str) -> tuple:
-    """(compute block, store block): accumulate in registers, store once per tile.
-
-    float16 already has an explicit `<name>_cast` stage that stores; otherwise
-    the accumulator is a local cache of the output.
-    """
-    block = sch.get_sblock(name)
-    if _has_block(sch, name + "_cast"):
-        return block, sch.get_sblock(name + "_cast")
-    return block, sch.cache_write(block, 0, "local")
-
-
-def _depth(sch: s_tir.Schedule, block, loop) -> int:
-    """How many loops enclose `loop` on `block`'s path."""
-    target = sch.get(loop)
-    return next(i for i, rv in enumerate(sch.get_loops(block)) if sch.get(rv).same_as(target))
-
-
 def _finish_tile(sch: s_tir.Schedule, block, store, tile_loop, init_loop) -> None:
     """Place the store under the tile loop, split init from update, vectorize both."""
-    tile_depth = _depth(sch, block, tile_loop) + 1  # loops at and above the tile loop
-    init_depth = _depth(sch, block, init_loop)  # loops above the reduction
+    tile_depth = loop_depth(sch, block, tile_loop) + 1  # loops at and above the tile loop
+    init_depth = loop_depth(sch, block, init_loop)  # loops above the reduction
     sch.reverse_compute_at(store, tile_loop)
     sch.set_scope(block, 0, "local")
     init = sch.decompose_reduction(block, init_loop)
@@ -173,9 +149,9 @@ def _finish_tile(sch: s_tir.Schedule, block, store, tile_loop, init_loop) -> Non
 
 
 def _depthwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool) -> None:
-    block, store = _accumulator(sch, "depthwise")
+    block, store = accumulator(sch, "depthwise")
     if wl.layout == "NHWC":
-        if _has_block(sch, "pad"):
+        if has_block(sch, "pad"):
             sch.compute_inline(sch.get_sblock("pad"))
         b, i, j, c, di, dj = sch.get_loops(block)
         jo, ji = sch.split(j, [None, _block_knob(sch, wl.out_width, DEPTHWISE_PIXEL_BLOCK, [4, 6, 8, 12, 16])])
@@ -190,7 +166,7 @@ def _depthwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool) ->
         sch.reorder(b, c, io, jo, di, dj, ii, vec)
         rows = sch.fuse(b, c, io)
         tile, block_loop = jo, ii
-        if _has_block(sch, "pad"):
+        if has_block(sch, "pad"):
             # Width is the vector axis here, so an inlined zero test would be
             # per lane: stage the padded rows of this block instead.
             pad = sch.get_sblock("pad")
@@ -207,7 +183,7 @@ def _depthwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool) ->
 def _pointwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool) -> None:
     # Tiles stay inside one output row: a tile that wrapped rows would make
     # the store's region a bounding box of whole rows.
-    block, store = _accumulator(sch, "pointwise")
+    block, store = accumulator(sch, "pointwise")
     if wl.layout == "NHWC":
         b, i, j, o, c = sch.get_loops(block)
         jo, ji = sch.split(j, [None, _block_knob(sch, wl.out_width, GEMM_ROWS, [4, 6, 8, 12, 16])])

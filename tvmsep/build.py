@@ -33,6 +33,9 @@ def schedules_for(target: Target):
     if target.kind.name == "llvm":
         from tvmsep.schedules import llvm
         return llvm
+    if target.kind.name == "cuda":
+        from tvmsep.schedules import cuda
+        return cuda
     raise ValueError(f"no schedules for target kind {target.kind.name!r}")
 
 

@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterator
 
 import tvm
 
+from tvmsep.schedules import common as schedule_common
+
 from . import compute
 from .spec import Workload
 
@@ -65,7 +67,7 @@ def cache_key(wl: Workload, target: tvm.target.Target, schedule_module, trace: A
         "format": FORMAT_VERSION,
         "workload": wl.to_json(),
         "target": str(target),
-        "code": _source_digest(compute, schedule_module),
+        "code": _source_digest(compute, schedule_common, schedule_module),
         "trace": trace,
         "tvm": tvm.__version__,
         "tvmsep": __version__,

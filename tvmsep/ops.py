@@ -32,6 +32,9 @@ _MEMO_LIMIT = 4096
 def get_kernel(wl: Workload, target: Any = None) -> runtime.Kernel:
     """The compiled kernel for `wl` on `target` (None: this CPU)."""
     target = resolve_target(target)
+    if target.kind.name != "llvm":
+        raise ValueError(f"`target`: the ops run on the CPU only for now; {target.kind.name} kernels can be "
+                         "compiled and exported (tvmsep.build.compile_module) but not yet called from here")
     index = (wl, str(target))
     kernel = _kernels.get(index)
     if kernel is not None:

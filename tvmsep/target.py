@@ -9,7 +9,7 @@ from tvm.target import Target, codegen
 
 from .threads import usable_cores
 
-__all__ = ["resolve_target", "host_target"]
+__all__ = ["resolve_target", "host_target", "cuda_target"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -18,10 +18,21 @@ def host_target() -> Target:
     return Target({"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu()), "num-cores": usable_cores()})
 
 
+def cuda_target() -> Target:
+    """cuda for this machine's GPU, its architecture read from the device."""
+    import tvm
+    if not tvm.cuda(0).exist:
+        raise ValueError('`target`: "cuda" needs a CUDA device here to read its architecture; '
+                         'to compile for another machine, name it: {"kind": "cuda", "arch": "sm_90"}')
+    return Target("cuda")
+
+
 def resolve_target(target: Any = None) -> Target:
-    """Accept None, "llvm" (the host), a target dict, or a `tvm.target.Target`."""
+    """Accept None, "llvm" (the host), "cuda" (this machine's GPU), a target dict, or a `tvm.target.Target`."""
     if target is None or target == "llvm":
         return host_target()
+    if target == "cuda":
+        return cuda_target()
     if isinstance(target, Target):
         resolved = target
     elif isinstance(target, dict):
@@ -30,7 +41,7 @@ def resolve_target(target: Any = None) -> Target:
         except Exception as e:
             raise ValueError(f"`target`: TVM rejected {target!r}: {e}") from e
     else:
-        raise TypeError(f"`target` must be None, 'llvm', a target dict or a tvm.target.Target, got {target!r}")
-    if resolved.kind.name != "llvm":
-        raise ValueError(f"`target`: only llvm (CPU) targets are supported, got {resolved.kind.name!r}")
+        raise TypeError(f"`target` must be None, 'llvm', 'cuda', a target dict or a tvm.target.Target, got {target!r}")
+    if resolved.kind.name not in ("llvm", "cuda"):
+        raise ValueError(f"`target`: llvm (CPU) and cuda targets are supported, got {resolved.kind.name!r}")
     return resolved

@@ -1,0 +1,33 @@
+"""Schedule helpers shared by the llvm and cuda schedules."""
+
+from __future__ import annotations
+
+from tvm import s_tir
+
+__all__ = ["has_block", "accumulator", "loop_depth"]
+
+
+def has_block(sch: s_tir.Schedule, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+    except Exception:  # the schedule raises its own error type for a missing block
+        return False
+    return True
+
+
+def accumulator(sch: s_tir.Schedule, name: str) -> tuple:
+    """(compute block, store block): accumulate in registers, store once per tile.
+
+    float16 already has an explicit `<name>_cast` stage that stores; otherwise
+    the accumulator is a local cache of the output.
+    """
+    block = sch.get_sblock(name)
+    if has_block(sch, name + "_cast"):
+        return block, sch.get_sblock(name + "_cast")
+    return block, sch.cache_write(block, 0, "local")
+
+
+def loop_depth(sch: s_tir.Schedule, block, loop) -> int:
+    """How many loops enclose `loop` on `block`'s path."""
+    target = sch.get(loop)
+    return next(i for i, rv in enumerate(sch.get_loops(block)) if sch.get(rv).same_as(target))

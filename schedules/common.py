@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-__all__ = ["has_block", "accumulator", "loop_depth"]
+__all__ = ["has_block", "accumulator", "store_once", "loop_depth"]
 
 
 def has_block(sch: s_tir.Schedule, name: str) -> bool:
@@ -25,6 +25,14 @@ def accumulator(sch: s_tir.Schedule, name: str) -> tuple:
     if has_block(sch, name + "_cast"):
         return block, sch.get_sblock(name + "_cast")
     return block, sch.cache_write(block, 0, "local")
+
+
+def store_once(sch: s_tir.Schedule, block, store, tile_loop, reduction_loop):
+    """Keep the accumulator of `accumulator()` in registers: the store goes under
+    `tile_loop`, the zero-init is split off above `reduction_loop`; returns the init block."""
+    sch.reverse_compute_at(store, tile_loop)
+    sch.set_scope(block, 0, "local")
+    return sch.decompose_reduction(block, reduction_loop)
 
 
 def loop_depth(sch: s_tir.Schedule, block, loop) -> int:

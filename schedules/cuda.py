@@ -26,7 +26,7 @@ from tvm.target import Target
 
 from tvmsep.spec import Workload
 
-from .common import accumulator, has_block, loop_depth
+from .common import accumulator, has_block, loop_depth, store_once
 
 __all__ = ["VERSION", "schedule", "MAX_SHARED_BYTES", "MAX_THREADS"]
 
@@ -72,13 +72,6 @@ def _thread_shape(contiguous: int, other: int) -> tuple[int, int, int]:
     return _tile(contiguous, DEPTHWISE_X), pixels, _tile(-(-other // pixels), DEPTHWISE_Y)
 
 
-def _finish(sch: s_tir.Schedule, block, store, thread_loop, reduction_loop) -> None:
-    """Accumulate in registers under the innermost thread loop, store once."""
-    sch.reverse_compute_at(store, thread_loop)
-    sch.set_scope(block, 0, "local")
-    sch.decompose_reduction(block, reduction_loop)
-
-
 def _stage(sch: s_tir.Schedule, block, at_loop, threads_x: int, threads_y: int) -> None:
     """Stage `block`'s padded input tile in shared memory under `at_loop`,
     loaded by all threads of the block, consecutive threads on the
@@ -117,7 +110,7 @@ def _depthwise_nhwc(sch: s_tir.Schedule, wl: Workload) -> None:
     for loop in (di, dj, ji):
         sch.unroll(loop)
     _stage(sch, block, co, tx, rows * groups)
-    _finish(sch, block, store, cx, di)
+    store_once(sch, block, store, cx, di)
 
 
 def _depthwise_nchw(sch: s_tir.Schedule, wl: Workload) -> None:
@@ -133,7 +126,7 @@ def _depthwise_nchw(sch: s_tir.Schedule, wl: Workload) -> None:
     for loop in (di, dj, ii):
         sch.unroll(loop)
     _stage(sch, block, sch.get_loops(block)[0], tx, groups)
-    _finish(sch, block, store, jx, di)
+    store_once(sch, block, store, jx, di)
 
 
 def _pointwise(sch: s_tir.Schedule, wl: Workload) -> None:
@@ -170,4 +163,4 @@ def _pointwise(sch: s_tir.Schedule, wl: Workload) -> None:
         sch.bind(sx, "threadIdx.x")
     for loop in (pr, orr):
         sch.unroll(loop)
-    _finish(sch, block, store, tx, ko)
+    store_once(sch, block, store, tx, ko)

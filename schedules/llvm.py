@@ -46,7 +46,7 @@ from tvm.target import Target
 
 from tvmsep.spec import Workload
 
-from .common import accumulator, has_block, loop_depth
+from .common import accumulator, has_block, loop_depth, store_once
 
 __all__ = ["VERSION", "schedule", "vector_lanes"]
 
@@ -137,9 +137,7 @@ def _finish_tile(sch: s_tir.Schedule, block, store, tile_loop, init_loop) -> Non
     """Place the store under the tile loop, split init from update, vectorize both."""
     tile_depth = loop_depth(sch, block, tile_loop) + 1  # loops at and above the tile loop
     init_depth = loop_depth(sch, block, init_loop)  # loops above the reduction
-    sch.reverse_compute_at(store, tile_loop)
-    sch.set_scope(block, 0, "local")
-    init = sch.decompose_reduction(block, init_loop)
+    init = store_once(sch, block, store, tile_loop, init_loop)
     for b, depth in ((init, init_depth), (store, tile_depth)):
         inner = sch.get_loops(b)[depth:]  # the new loops (unit loops are dropped)
         if inner:

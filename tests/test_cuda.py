@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 import tvm
-from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
@@ -51,11 +50,10 @@ def _workload(case, layout, dtype):
                               strides, padding, **common)
 
 
-def _passes_gpu_verification(wl) -> bool:
-    sch = s_tir.Schedule(build.workload_module(wl))
-    cuda.schedule(sch, wl, SM90)
+def _passes_gpu_verification(wl, limits: Target = SM90_LIMITS) -> bool:
+    sch = build.hand_schedule(wl, SM90)
     verify = ms.postproc.VerifyGPUCode()
-    verify._initialize_with_tune_context(ms.TuneContext(mod=sch.mod, target=SM90_LIMITS))
+    verify._initialize_with_tune_context(ms.TuneContext(mod=sch.mod, target=limits))
     return verify.apply(sch)
 
 
@@ -78,14 +76,9 @@ def test_compiles_verifies_and_exports(case, layout, dtype, tmp_path):
 
 def test_verification_can_fail():
     """The check is real: the same kernels break a 128-thread limit."""
-    wl = _workload(CASES[0], "NHWC", "float32")
-    sch = s_tir.Schedule(build.workload_module(wl))
-    cuda.schedule(sch, wl, SM90)
-    verify = ms.postproc.VerifyGPUCode()
     small = Target({"kind": "cuda", "arch": "sm_90", "max_threads_per_block": 128,
                     "max_shared_memory_per_block": cuda.MAX_SHARED_BYTES})
-    verify._initialize_with_tune_context(ms.TuneContext(mod=sch.mod, target=small))
-    assert not verify.apply(sch)
+    assert not _passes_gpu_verification(_workload(CASES[0], "NHWC", "float32"), small)
 
 
 @pytest.mark.parametrize("dtype, vector", [("float32", "float4"), ("float16", "half4")])

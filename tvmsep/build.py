@@ -21,7 +21,7 @@ from .compute import prim_func
 from .spec import Workload
 from .tuning_log import log_folders, read_verdicts
 
-__all__ = ["workload_module", "tuned_trace", "scheduled_module", "compile_scheduled", "compile_module"]
+__all__ = ["workload_module", "tuned_trace", "hand_schedule", "scheduled_module", "compile_scheduled", "compile_module"]
 
 # Loop partitioning splits the padded border from the interior, where the
 # `likely` zero test of the inlined padding then disappears.
@@ -66,13 +66,19 @@ def _verdicts(folder: Path) -> tuple[dict[str, dict], frozenset[str]]:
     return verdicts, frozenset(v.get("describe") for v in verdicts.values())
 
 
+def hand_schedule(wl: Workload, target: Target, mod: tvm.IRModule | None = None) -> s_tir.Schedule:
+    """`mod` (default: `wl`'s unscheduled module) under the hand-written schedule for `target`."""
+    sch = s_tir.Schedule(workload_module(wl) if mod is None else mod)
+    schedules_for(target).schedule(sch, wl, target)
+    return sch
+
+
 def scheduled_module(wl: Workload, target: Target, trace: Any | None = None) -> tvm.IRModule:
     """`wl` scheduled by a tuned `trace` (JSON) if given, else by the hand-written schedule."""
-    sch = s_tir.Schedule(workload_module(wl))
     if trace is None:
-        schedules_for(target).schedule(sch, wl, target)
-    else:
-        s_tir.schedule.Trace.apply_json_to_schedule(trace, sch)
+        return hand_schedule(wl, target).mod
+    sch = s_tir.Schedule(workload_module(wl))
+    s_tir.schedule.Trace.apply_json_to_schedule(trace, sch)
     return sch.mod
 
 

@@ -36,7 +36,7 @@ from tvm.s_tir import Schedule
 from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 from tvm.target import Target
 
-from .build import compile_scheduled, schedules_for, workload_module
+from .build import compile_scheduled, hand_schedule, schedules_for, workload_module
 from .spec import Workload
 from .target import resolve_target
 from .tuning_log import FAILED_SECONDS, TuningLog, record_seconds, target_folder_name
@@ -135,12 +135,6 @@ def _device_type(target: Target) -> str:
     return "cuda" if target.kind.name == "cuda" else "cpu"
 
 
-def _hand_schedule(wl: Workload, target: Target, mod: tvm.IRModule) -> Schedule:
-    sch = Schedule(mod)
-    schedules_for(target).schedule(sch, wl, target)
-    return sch
-
-
 def _best_tuned(log: TuningLog, workload):
     """The fastest record other than the first, which is always the hand-written schedule."""
     measured = [r for r in log.records(workload)[1:] if record_seconds(r) < FAILED_SECONDS]
@@ -176,7 +170,7 @@ def _search(wl: Workload, target: Target, log: TuningLog, trials: int, builder, 
 def _verify(wl: Workload, target: Target, log: TuningLog, workload, builder, runner) -> tuple[float, float, object]:
     """(hand s, best record s, best record), measured alternately side by side."""
     best = _best_tuned(log, workload)
-    hand = _hand_schedule(wl, target, workload.mod).mod
+    hand = hand_schedule(wl, target, workload.mod).mod
     if best is None:
         return statistics.median(_build_and_run([hand] * VERIFY_ROUNDS, target, builder, runner)), FAILED_SECONDS, None
     sch = Schedule(workload.mod)
@@ -202,7 +196,7 @@ def tune(workloads: Sequence[Workload], *, target=None, trials: int = 64,
         label = f"[{n}/{len(distinct)}] {wl.describe()}"
         workload = log.commit_workload(workload_module(wl))
         if not log.records(workload):  # the hand-written schedule is always the first record
-            sch = _hand_schedule(wl, target, workload.mod)
+            sch = hand_schedule(wl, target, workload.mod)
             seconds = _build_and_run([sch.mod], target, builder, runner)[0]
             log.commit_tuning_record(ms.database.TuningRecord(
                 sch.trace, workload, [seconds] if seconds < FAILED_SECONDS else None, target,

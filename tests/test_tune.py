@@ -102,14 +102,14 @@ def test_compiling_uses_the_verdict(tuned_log, monkeypatch, rng):
                               build.tuned_trace(wl, host_target()))
     assert key_tuned != cache_key(wl, host_target(), build.schedules_for(host_target()))
     ops._kernels.clear()
-    ops._memo.clear()
+    ops._call.clear()
     x = rng.standard_normal(wl.input_shape, dtype=np.float32)
     f = rng.standard_normal(wl.filter_shape, dtype=np.float32)
     out = np.full(wl.output_shape, np.nan, np.float32)
     tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", out=out)
     assert_close(out, depthwise_reference(x, f, wl), "float32")
     ops._kernels.clear()
-    ops._memo.clear()
+    ops._call.clear()
     build._verdicts.cache_clear()
 
 

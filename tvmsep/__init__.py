@@ -3,6 +3,10 @@
     import tvmsep
     y = tvmsep.depthwise_conv2d(x, f, strides=[1, 1, 1, 1], padding="SAME")
     z = tvmsep.separable_conv2d(x, f, p, strides=[1, 2, 2, 1], padding="SAME")
+    kernels = tvmsep.load("mobilenet_v1.bundle")  # compiled ahead of time
+
+The ops, which compile, are imported on first use: a process that only
+loads bundles never loads TVM's compiler.
 """
 
 __version__ = "0.1.0"
@@ -11,6 +15,18 @@ from .threads import size_thread_pool
 
 size_thread_pool()  # before TVM starts its pool; see threads.py
 
-from .ops import depthwise_conv2d, separable_conv2d  # noqa: E402
+__all__ = ["depthwise_conv2d", "separable_conv2d", "load", "__version__"]
 
-__all__ = ["depthwise_conv2d", "separable_conv2d", "__version__"]
+
+def __getattr__(name: str):
+    if name in ("depthwise_conv2d", "separable_conv2d"):
+        from . import ops
+        return getattr(ops, name)
+    if name == "load":
+        from .bundle import load
+        return load
+    raise AttributeError(f"module 'tvmsep' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,75 +1,218 @@
-"""The callable kernel: check arrays, allocate (or take `out=`), launch.
+"""The callable kernel: take the caller's arrays where they live, launch, hand results back.
 
-Arrays cross into TVM through DLPack without copies. The compiled code
-assumes C-contiguous buffers aligned to one element (see
-`compute._element_aligned`), so only non-contiguous inputs are copied.
+Arrays cross into TVM through DLPack without copies. A CPU kernel takes
+numpy arrays and CPU DLPack producers (torch, JAX, ...). A CUDA kernel takes
+the same, copied to its GPU and the result copied back as numpy, or DLPack
+tensors already on its GPU (torch CUDA tensors): those are used in place,
+the launch goes on torch's current stream, and the result is a tensor of the
+caller's library on the same device.
+
+Compiled CPU code assumes only element alignment (`compute._element_aligned`);
+CUDA code loads VECTOR_BYTES at a time, so a device tensor that is not aligned
+to that (a view into another tensor) is copied to one that is.
+
+This module needs only the TVM runtime, never the compiler.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import contextlib
+import dataclasses
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
+import tvm
 import tvm_ffi
 
 from .spec import Workload
 
-__all__ = ["Kernel", "to_numpy"]
+__all__ = ["Kernel", "Home", "to_array", "output_array", "VECTOR_BYTES"]
 
-def to_numpy(name: str, x: Any) -> tuple[np.ndarray, Callable[[np.ndarray], Any]]:
-    """(a numpy view or copy of `x`, a function that returns a result as `x`'s kind).
+CPU, CUDA = 1, 2  # DLPack device types
+VECTOR_BYTES = 16  # the widest load the CUDA kernels issue (float4)
 
-    numpy arrays pass through; DLPack producers on the CPU (torch, JAX, ...)
-    are viewed without a copy; anything else goes through `np.asarray`.
+# What a kernel takes: host arrays as numpy, device arrays as TVM tensors.
+Array = Union[np.ndarray, tvm_ffi.Tensor]
+
+
+def _identity(a: Any) -> Any:
+    return a
+
+
+@dataclasses.dataclass(frozen=True)
+class Home:
+    """Where the caller's arrays live, and how results go back there.
+
+    wrap: a result (numpy, or a TVM tensor on a GPU) -> the caller's array type.
+    empty: (shape, dtype) -> a new array of the caller's type on its GPU, or None
+    (the kernel allocates: numpy on the host, a TVM tensor on a GPU).
+    stream: a context manager that makes launches go on the caller's stream.
+    """
+
+    wrap: Callable[[Any], Any] = _identity
+    empty: Callable[[tuple[int, ...], str], Any] | None = None
+    stream: Callable[[], Any] = contextlib.nullcontext
+
+
+HOST = Home()
+
+
+def to_array(name: str, x: Any) -> tuple[Array, Home]:
+    """(`x` as numpy, or as a TVM tensor if it lives on a GPU; where it lives).
+
+    numpy arrays pass through; DLPack producers are viewed without a copy;
+    anything else goes through `np.asarray`.
     """
     if isinstance(x, np.ndarray):
-        return x, _identity
+        return x, HOST
     if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
         device_type = int(x.__dlpack_device__()[0])
-        if device_type != 1:  # kDLCPU
-            raise ValueError(f"`{name}` lives on DLPack device type {device_type}; "
-                             "the llvm target needs CPU arrays")
         if getattr(x, "requires_grad", False):
             x = x.detach()  # inference only: tvmsep does not record gradients
+        if device_type == CUDA:
+            return _device_tensor(name, x), _home_of(x)
+        if device_type != CPU:
+            raise ValueError(f"`{name}` lives on DLPack device type {device_type}; "
+                             "tvmsep runs on the CPU and on CUDA GPUs")
         try:
-            return np.from_dlpack(x), _wrapper_for(x)
+            return np.from_dlpack(x), dataclasses.replace(HOST, wrap=_home_of(x).wrap)
         except (TypeError, BufferError, RuntimeError) as e:
             raise TypeError(f"`{name}`: could not read {type(x).__name__} through DLPack: {e}") from e
     try:
-        return np.asarray(x), _identity
+        return np.asarray(x), HOST
     except (TypeError, ValueError) as e:
         raise TypeError(f"`{name}` must be an array or nested list of numbers, got {type(x).__name__}") from e
 
 
-def _identity(a: np.ndarray) -> np.ndarray:
-    return a
+def _device_tensor(name: str, x: Any) -> tvm_ffi.Tensor:
+    """A GPU tensor in place, or a contiguous aligned copy of it (torch) when it is neither."""
+    tensor = tvm_ffi.from_dlpack(x)
+    if tensor.is_contiguous() and tensor.data_ptr() % VECTOR_BYTES == 0:
+        return tensor
+    if type(x).__module__.split(".")[0] == "torch":
+        import torch
+        return tvm_ffi.from_dlpack(x.clone(memory_format=torch.contiguous_format))
+    raise ValueError(f"`{name}` must be contiguous and {VECTOR_BYTES}-byte aligned on the GPU "
+                     "(tvmsep copies torch tensors that are not, but cannot copy a "
+                     f"{type(x).__name__} on the device)")
 
 
-def _wrapper_for(x: Any) -> Callable[[np.ndarray], Any]:
-    """Return results as the input's library type, sharing memory."""
+def _home_of(x: Any) -> Home:
+    """Results as the input's library type, sharing memory; allocated on its device."""
     root = type(x).__module__.split(".")[0]
     if root == "torch":
         import torch
-        return torch.from_dlpack
+        if x.device.type != "cuda":
+            return Home(wrap=torch.from_dlpack)
+        device = x.device
+        return Home(wrap=torch.from_dlpack,
+                    empty=lambda shape, dtype: torch.empty(shape, dtype=getattr(torch, dtype), device=device),
+                    stream=tvm_ffi.use_torch_stream)
     if root in ("jax", "jaxlib"):
         import jax.numpy as jnp
-        return jnp.from_dlpack
-    return _identity
+        return Home(wrap=jnp.from_dlpack)
+    return Home(wrap=lambda t: t)  # a TVM tensor: any DLPack consumer can take it
+
+
+def output_array(fn: str, out: Any, wl: Workload, inputs: Sequence[Array]) -> Array:
+    """`out=` as something the kernel can write in place, or a clear error."""
+    if isinstance(out, np.ndarray):
+        view = out
+    elif hasattr(out, "__dlpack__") and hasattr(out, "__dlpack_device__"):
+        if int(out.__dlpack_device__()[0]) == CUDA:
+            return _device_output(fn, out, wl, inputs)
+        view, _ = to_array("out", out)
+    else:
+        raise TypeError(f"{fn}: `out` must be a numpy array or a DLPack tensor, got {type(out).__name__}")
+    _check_shape_dtype(fn, view.shape, str(view.dtype), wl)
+    if not view.flags.c_contiguous:
+        raise ValueError(f"{fn}: `out` must be C-contiguous")
+    if not view.flags.writeable:
+        raise ValueError(f"{fn}: `out` is read-only")
+    if any(isinstance(a, np.ndarray) and np.may_share_memory(view, a) for a in inputs):
+        raise ValueError(f"{fn}: `out` overlaps an input; the kernel would read what it overwrites")
+    return view
+
+
+def _device_output(fn: str, out: Any, wl: Workload, inputs: Sequence[Array]) -> tvm_ffi.Tensor:
+    tensor = tvm_ffi.from_dlpack(out)
+    _check_shape_dtype(fn, tuple(tensor.shape), str(tensor.dtype), wl)
+    if not tensor.is_contiguous() or tensor.data_ptr() % VECTOR_BYTES:
+        raise ValueError(f"{fn}: `out` on the GPU must be contiguous and {VECTOR_BYTES}-byte aligned")
+    start, stop = tensor.data_ptr(), tensor.data_ptr() + _nbytes(tensor)
+    for a in inputs:
+        if isinstance(a, tvm_ffi.Tensor) and a.device == tensor.device \
+                and a.data_ptr() < stop and start < a.data_ptr() + _nbytes(a):
+            raise ValueError(f"{fn}: `out` overlaps an input; the kernel would read what it overwrites")
+    return tensor
+
+
+def _nbytes(tensor: tvm_ffi.Tensor) -> int:
+    return int(np.prod(tensor.shape)) * np.dtype(str(tensor.dtype)).itemsize
+
+
+def _check_shape_dtype(fn: str, shape: tuple, dtype: str, wl: Workload) -> None:
+    if tuple(shape) != wl.output_shape:
+        raise ValueError(f"{fn}: `out` has shape {tuple(shape)}; the result has shape {wl.output_shape}")
+    if dtype != wl.dtype:
+        raise TypeError(f"{fn}: `out` has dtype {dtype}; the result has dtype {wl.dtype}")
 
 
 class Kernel:
-    """One compiled workload. Thread-safe: calls share only the read-only module."""
+    """One compiled workload. Thread-safe: calls share only the read-only module.
 
-    def __init__(self, workload: Workload, function: Any, origin: str) -> None:
+    `device`: where it runs; for a CUDA kernel, the GPU used when no argument
+    is on a GPU already (otherwise the arguments' GPU).
+    """
+
+    def __init__(self, workload: Workload, function: Any, origin: str,
+                 device: tvm_ffi.Device | None = None) -> None:
         self.workload = workload
-        self.origin = origin  # "compiled", "disk" or "memory": where the module came from
+        self.origin = origin  # "compiled", "disk", "memory" or "bundle": where the module came from
+        self.device = device if device is not None else tvm.cpu()
         self._function = function
+        self._on_gpu = self.device.dlpack_device_type() == CUDA
 
-    def run(self, inputs: Sequence[np.ndarray], out: np.ndarray | None) -> np.ndarray:
-        """Compute into `out` (allocated when None); arguments are already validated."""
+    def run(self, inputs: Sequence[Array], out: Array | None, home: Home = HOST) -> Array:
+        """Compute into `out` (allocated when None); arguments are already validated.
+
+        Returns what was written: numpy when the inputs were host arrays and
+        no `out` was given, else `out` or a new TVM tensor on the kernel's GPU.
+        """
+        if self._on_gpu:
+            return self._run_on_gpu(inputs, out, home)
+        for a in inputs:
+            if not isinstance(a, np.ndarray):
+                raise ValueError(f"this kernel runs on {self.device}; the arrays must be on the CPU, "
+                                 f"got one on {a.device}")
         wl = self.workload
         if out is None:
             out = np.empty(wl.output_shape, wl.dtype)
         args = [tvm_ffi.from_dlpack(a if a.flags.c_contiguous else np.ascontiguousarray(a)) for a in inputs]
         self._function(*args, tvm_ffi.from_dlpack(out))
         return out
+
+    def _run_on_gpu(self, inputs: Sequence[Array], out: Array | None, home: Home) -> Array:
+        wl = self.workload
+        # The module runs on any GPU of its architecture: the one the caller's tensors are on.
+        device = next((a.device for a in (*inputs, out) if isinstance(a, tvm_ffi.Tensor)), self.device)
+        args = [self._on_device(a, device) for a in inputs]
+        result = out if isinstance(out, tvm_ffi.Tensor) else tvm.runtime.empty(wl.output_shape, wl.dtype, device)
+        if result.device != device:
+            raise ValueError(f"`out` is on {result.device}; the inputs are on {device}")
+        with home.stream():
+            self._function(*args, result)
+        if isinstance(out, np.ndarray):
+            np.copyto(out, result.numpy())  # the copy waits for the kernel
+            return out
+        if out is None and all(isinstance(a, np.ndarray) for a in inputs):
+            return result.numpy()
+        return result
+
+    @staticmethod
+    def _on_device(a: Array, device: tvm_ffi.Device) -> tvm_ffi.Tensor:
+        if isinstance(a, np.ndarray):
+            return tvm.runtime.tensor(np.ascontiguousarray(a), device)
+        if a.device != device:
+            raise ValueError(f"the inputs must be on one device; got {a.device} and {device}")
+        return a

@@ -23,7 +23,6 @@ import inspect
 import json
 import os
 import stat
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -34,6 +33,7 @@ import tvm
 from tvmsep.schedules import common as schedule_common
 
 from . import compute
+from .files import file_sha256, publish
 from .spec import Workload
 
 __all__ = ["CacheWarning", "cache_dir", "cache_key", "ModuleCache"]
@@ -73,28 +73,6 @@ def cache_key(wl: Workload, target: tvm.target.Target, schedule_module, trace: A
         "tvmsep": __version__,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:40]
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _publish(path: Path, write: Callable[[str], None]) -> None:
-    """Write via `write(tmp_path)` into the same directory, fsync, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 class ModuleCache:
@@ -137,14 +115,14 @@ class ModuleCache:
                     expected = checksum.read_text().strip()
                 except OSError:
                     expected = ""
-                if expected and _file_sha256(library) == expected:
+                if expected and file_sha256(library) == expected:
                     return tvm.runtime.load_module(str(library)), "disk"
                 warnings.warn(f"tvmsep: cached module {library} is truncated or corrupt; rebuilding it",
                               CacheWarning, stacklevel=4)
             executable = self._compile(build)
             try:
-                _publish(library, executable.export_library)
-                _publish(checksum, lambda tmp: Path(tmp).write_text(_file_sha256(library) + "\n"))
+                publish(library, executable.export_library)
+                publish(checksum, lambda tmp: Path(tmp).write_text(file_sha256(library) + "\n"))
             except OSError as e:
                 warnings.warn(f"tvmsep: could not write the cache entry {library} ({e}); "
                               "using the module from memory only", CacheWarning, stacklevel=4)

@@ -132,6 +132,32 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compile(args: argparse.Namespace) -> int:
+    """Compile layers into one bundle, showing progress, and print what went in."""
+    from .export import compile_bundle, layers_from_file, parse_target
+    from .networks import network
+    from .spec import Workload
+    try:
+        if (args.network is None) == (args.layers is None):
+            raise ValueError("give one of --network or --layers")
+        if args.network:
+            layers = [(layer.name, layer.workload(args.op)) for layer in network(args.network)]
+        else:
+            layers = layers_from_file(args.layers)
+        manifest = compile_bundle(layers, parse_target(args.target), args.out,
+                                  progress=lambda line: print(line, flush=True))
+    except (ValueError, TypeError) as e:
+        print(f"tvmsep compile: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(f"{'layer':12} {'function':12} {'schedule':12} workload")
+    for entry in manifest["kernels"]:
+        print(f"{entry['name']:12} {entry['function']:12} {entry['schedule']:12} "
+              f"{Workload.from_json(entry['workload']).describe()}")
+    print(f"\ntarget {manifest['target']}; load it with tvmsep.load({str(args.out)!r})")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     from .networks import NETWORKS
     parser = argparse.ArgumentParser(prog="tvmsep", description=__doc__)
@@ -162,6 +188,18 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--rpc-key", metavar="KEY", help="device key registered with the tracker")
     tune.add_argument("--plot", metavar="FILE.png", help="draw best time against trials per workload")
     tune.set_defaults(func=_tune)
+
+    bundle = commands.add_parser("compile", help="compile layers ahead of time into one bundle (tvmsep.load)",
+                                 description="Writes a folder: manifest.json and kernels.so, one library "
+                                             "with every kernel, loadable with the TVM runtime alone.")
+    bundle.add_argument("--network", choices=[n for n in NETWORKS], help="a preset of real network layers")
+    bundle.add_argument("--op", default=None, choices=["depthwise", "separable"],
+                        help="with --network: which op per layer (default: separable)")
+    bundle.add_argument("--layers", metavar="FILE.json", help="layer specs with the public API's fields")
+    bundle.add_argument("--target", default="llvm",
+                        help='llvm (this CPU), cuda (this GPU) or TVM target JSON: \'{"kind": "cuda", "arch": "sm_90"}\'')
+    bundle.add_argument("--out", required=True, help="the bundle folder to write")
+    bundle.set_defaults(func=_compile)
 
     cache = commands.add_parser("cache", help="the compiled-module cache")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True)

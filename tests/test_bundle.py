@@ -1,0 +1,168 @@
+"""Bundles: compiled ahead of time, checked before loading, run with the TVM runtime alone."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tvm
+
+import tvmsep
+from tvmsep.bundle import LIBRARY, MANIFEST, BundleError
+from tvmsep.export import compile_bundle
+from tvmsep.networks import network
+from tvmsep.reference import depthwise_reference, separable_reference
+
+from conftest import assert_close
+
+LAYERS = ("v1_02", "v2_05")
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory):
+    layers = [layer for layer in network("public") if layer.name in LAYERS]
+    named = [(layer.name, layer.workload()) for layer in layers]
+    named += [(f"{layer.name}_dw", layer.workload("depthwise")) for layer in layers]
+    path = tmp_path_factory.mktemp("bundles") / "small"
+    compile_bundle(named, None, path, progress=lambda line: None)
+    return path
+
+
+def _copy(bundle_path, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle_path, copy)
+    return copy
+
+
+def _edit_manifest(path, **changes):
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest.update(changes)
+    (path / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_a_runtime_only_process_reproduces_the_reference(bundle_path):
+    """The loading process never maps TVM's compiler, and every layer matches float64 numpy."""
+    script = textwrap.dedent(f"""
+        import numpy as np, tvmsep
+        from tvmsep.reference import scaled_error, depthwise_reference, separable_reference
+        bundle = tvmsep.load({str(bundle_path)!r})
+        rng = np.random.default_rng()
+        for name, kernel in bundle.kernels.items():
+            wl = kernel.workload
+            x = rng.standard_normal(wl.input_shape).astype(np.float32)
+            f = rng.standard_normal(wl.filter_shape).astype(np.float32)
+            out = np.full(wl.output_shape, np.nan, np.float32)
+            strides = [1, wl.stride_h, wl.stride_w, 1]
+            if wl.op == "depthwise":
+                bundle.depthwise_conv2d(x, f, strides, "SAME", out=out)
+                expected = depthwise_reference(x, f, wl)
+            else:
+                p = rng.standard_normal(wl.pointwise_shape).astype(np.float32)
+                bundle.separable_conv2d(x, f, p, strides, "SAME", out=out)
+                expected = separable_reference(x, f, p, wl)
+            print(name, scaled_error(out, expected))
+        print("compiler mapped:", any("libtvm_compiler" in line for line in open("/proc/self/maps")))
+    """)
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split("\n")
+    assert "compiler mapped: False" in lines
+    errors = {line.split()[0]: float(line.split()[1]) for line in lines if line.startswith(("v1_", "v2_"))}
+    assert len(errors) == 2 * len(LAYERS)
+    assert all(e <= 1e-4 for e in errors.values()), errors
+
+
+def test_kernels_by_name_and_by_arguments(bundle_path, rng):
+    bundle = tvmsep.load(bundle_path)
+    kernel = bundle.kernel("v2_05_dw")
+    wl = kernel.workload
+    x = rng.standard_normal(wl.input_shape, dtype=np.float32)
+    f = rng.standard_normal(wl.filter_shape, dtype=np.float32)
+    out = np.full(wl.output_shape, np.nan, np.float32)
+    assert kernel.run([x, f], out) is out
+    assert_close(out, depthwise_reference(x, f, wl), "float32")
+    strided = bundle.depthwise_conv2d(x, f, [1, wl.stride_h, wl.stride_w, 1], "SAME")
+    assert_close(strided, depthwise_reference(x, f, wl), "float32")
+    with pytest.raises(KeyError, match="it holds: v1_02"):
+        bundle.kernel("v9_99")
+
+
+def test_arguments_that_match_no_kernel_list_what_the_bundle_holds(bundle_path):
+    bundle = tvmsep.load(bundle_path)
+    x, f = np.ones((1, 10, 10, 4), np.float32), np.ones((3, 3, 4, 1), np.float32)
+    with pytest.raises(BundleError, match=r"(?s)no kernel for dw NHWC 1x10x10x4.*v1_02: sep NHWC"):
+        bundle.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME")
+
+
+def test_separable_by_arguments_matches_the_reference(bundle_path, rng):
+    bundle = tvmsep.load(bundle_path)
+    wl = bundle.kernel("v1_02").workload
+    x = rng.standard_normal(wl.input_shape, dtype=np.float32)
+    f = rng.standard_normal(wl.filter_shape, dtype=np.float32)
+    p = rng.standard_normal(wl.pointwise_shape, dtype=np.float32)
+    result = bundle.separable_conv2d(x, f, p, [1, 2, 2, 1], "SAME")
+    assert_close(result, separable_reference(x, f, p, wl), "float32")
+
+
+def test_a_truncated_library_is_refused(bundle_path, tmp_path):
+    copy = _copy(bundle_path, tmp_path)
+    library = copy / LIBRARY
+    library.write_bytes(library.read_bytes()[: library.stat().st_size // 2])
+    with pytest.raises(BundleError, match="checksum"):
+        tvmsep.load(copy)
+
+
+def test_a_tampered_library_is_refused(bundle_path, tmp_path):
+    copy = _copy(bundle_path, tmp_path)
+    data = bytearray((copy / LIBRARY).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / LIBRARY).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum"):
+        tvmsep.load(copy)
+
+
+def test_a_newer_format_is_refused(bundle_path, tmp_path):
+    copy = _copy(bundle_path, tmp_path)
+    _edit_manifest(copy, format=99)
+    with pytest.raises(BundleError, match="format 99, newer"):
+        tvmsep.load(copy)
+
+
+def test_another_tvm_abi_is_refused(bundle_path, tmp_path):
+    copy = _copy(bundle_path, tmp_path)
+    _edit_manifest(copy, tvm="0.26.0")
+    with pytest.raises(BundleError, match="TVM 0.26.0"):
+        tvmsep.load(copy)
+
+
+def test_a_folder_that_is_no_bundle_is_refused(tmp_path):
+    with pytest.raises(BundleError, match="not a tvmsep bundle"):
+        tvmsep.load(tmp_path)
+    (tmp_path / MANIFEST).write_text("{not json")
+    with pytest.raises(BundleError, match="not a tvmsep bundle"):
+        tvmsep.load(tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_a_cuda_bundle_cross_compiles_and_is_refused_without_its_gpu(tmp_path):
+    layer = network("mobilenet_v1")[2]
+    manifest = compile_bundle([(layer.name, layer.workload())], {"kind": "cuda", "arch": "sm_90"},
+                              tmp_path / "cuda", progress=lambda line: None)
+    assert manifest["arch"] == "sm_90" and (tmp_path / "cuda" / LIBRARY).stat().st_size > 0
+    if tvm.cuda(0).exist:
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(BundleError, match="sm_90.*has none"):
+        tvmsep.load(tmp_path / "cuda")
+
+
+def test_rewriting_a_bundle_replaces_it_whole(bundle_path, tmp_path):
+    layer = network("mobilenet_v1")[0]
+    path = _copy(bundle_path, tmp_path)
+    compile_bundle([(layer.name, layer.workload("depthwise"))], None, path, progress=lambda line: None)
+    assert list(tvmsep.load(path).kernels) == [layer.name]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["copy"]  # no staging folder left behind

@@ -1,0 +1,139 @@
+"""Bundles: many kernels compiled ahead of time into one library, loaded with the TVM runtime alone.
+
+A bundle is a folder:
+
+    manifest.json   format, versions, target, the library's sha256, and per
+                    kernel: layer name, function name, workload, schedule
+    kernels.so      every kernel, one exported TVM library
+
+`export.compile_bundle` writes one (it needs the compiler); `load` reads one
+and needs only the runtime: nothing here imports TVM's compiler. A library
+is loaded only after its checksum, format, TVM version and target have been
+checked against this process, so a damaged or foreign bundle is an error
+with a reason, never a crash or a silent wrong result.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import tvm
+
+from . import __version__, runtime
+from .dispatch import Dispatcher
+from .files import file_sha256
+from .spec import Workload
+
+__all__ = ["FORMAT", "MANIFEST", "LIBRARY", "BundleError", "Bundle", "load"]
+
+FORMAT = 1  # bump when the manifest's meaning changes; older readers refuse newer bundles
+MANIFEST = "manifest.json"
+LIBRARY = "kernels.so"
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used here, and why."""
+
+
+class Bundle:
+    """The kernels of a loaded bundle, called like the public ops or by layer name."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], module: Any, device: Any) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.target = manifest["target"]
+        self.module = module  # the loaded library: one function per distinct workload
+        self.kernels: dict[str, runtime.Kernel] = {}  # layer name -> kernel
+        self._by_workload: dict[Workload, runtime.Kernel] = {}
+        for entry in manifest["kernels"]:
+            wl = Workload.from_json(entry["workload"])
+            kernel = runtime.Kernel(wl, module[entry["function"]], "bundle", device)
+            self.kernels[entry["name"]] = kernel
+            self._by_workload.setdefault(wl, kernel)
+        self._call = Dispatcher(self._kernel_for, lambda target: None)
+
+    def __repr__(self) -> str:
+        return f"<tvmsep bundle {self.path}: {len(self.kernels)} kernels for {self.target}>"
+
+    def kernel(self, name: str) -> runtime.Kernel:
+        """The kernel compiled for the layer called `name`."""
+        try:
+            return self.kernels[name]
+        except KeyError:
+            raise KeyError(f"{self.path} has no layer {name!r}; it holds: {', '.join(self.kernels)}") from None
+
+    def function_name(self, name: str) -> str:
+        """The library function that computes layer `name` (for `module.time_evaluator`)."""
+        self.kernel(name)  # a clear error for an unknown name
+        return next(e["function"] for e in self.manifest["kernels"] if e["name"] == name)
+
+    def _kernel_for(self, wl: Workload, target: Any) -> runtime.Kernel:
+        kernel = self._by_workload.get(wl)
+        if kernel is None:
+            held = "\n  ".join(f"{name}: {k.workload.describe()}" for name, k in self.kernels.items())
+            raise BundleError(f"{self.path} has no kernel for {wl.describe()}; it holds:\n  {held}")
+        return kernel
+
+    def depthwise_conv2d(self, input: Any, filter: Any, strides: Any, padding: Any, rate: Any = None,
+                         name: Any = None, data_format: Any = None, dilations: Any = None, *,
+                         out: Any = None) -> Any:
+        """`tvmsep.depthwise_conv2d` with this bundle's kernels (no compiling)."""
+        return self._call("depthwise", (("input", input), ("filter", filter)),
+                          (strides, padding, rate, name, data_format, dilations), None, out)
+
+    def separable_conv2d(self, input: Any, depthwise_filter: Any, pointwise_filter: Any, strides: Any,
+                         padding: Any, rate: Any = None, name: Any = None, data_format: Any = None,
+                         dilations: Any = None, *, out: Any = None) -> Any:
+        """`tvmsep.separable_conv2d` with this bundle's kernels (no compiling)."""
+        return self._call("separable", (("input", input), ("depthwise_filter", depthwise_filter),
+                                        ("pointwise_filter", pointwise_filter)),
+                          (strides, padding, rate, name, data_format, dilations), None, out)
+
+
+def load(path: str | Path) -> Bundle:
+    """Check and load the bundle at `path` (a folder written by `tvmsep compile`)."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    device = _device_for(manifest)
+    library = path / LIBRARY
+    try:
+        checksum = file_sha256(library)
+    except OSError as e:
+        raise BundleError(f"{path}: cannot read {LIBRARY}: {e}") from e
+    if checksum != manifest["sha256"]:
+        raise BundleError(f"{library} does not match its manifest's checksum: it is truncated, "
+                          "damaged or was changed after compiling; compile the bundle again")
+    return Bundle(path, manifest, tvm.runtime.load_module(str(library)), device)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        fmt = manifest["format"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BundleError(f"{path} is not a tvmsep bundle: cannot read {MANIFEST} ({e})") from e
+    if not isinstance(fmt, int) or fmt > FORMAT:
+        raise BundleError(f"{path} has bundle format {fmt!r}, newer than this tvmsep {__version__} reads "
+                          f"(up to {FORMAT}); upgrade tvmsep or compile the bundle with this version")
+    if manifest.get("tvm") != tvm.__version__:
+        raise BundleError(f"{path} was compiled with TVM {manifest.get('tvm')}; this process has TVM "
+                          f"{tvm.__version__}, whose runtime ABI may differ: compile the bundle with it")
+    return manifest
+
+
+def _device_for(manifest: dict[str, Any]) -> Any:
+    """The device the bundle's kernels run on here, or why there is none."""
+    kind = manifest.get("target_kind")
+    if kind == "llvm":
+        return tvm.cpu()
+    if kind == "cuda":
+        device = tvm.cuda(0)
+        if not device.exist:
+            raise BundleError(f"the bundle is for a CUDA GPU ({manifest['arch']}) and this machine has none")
+        arch = "sm_" + device.compute_version.replace(".", "")
+        if arch != manifest["arch"]:
+            raise BundleError(f"the bundle is for {manifest['arch']}; this machine's GPU is {arch}")
+        return device
+    raise BundleError(f"the bundle's target kind {kind!r} is not one tvmsep runs (llvm, cuda)")

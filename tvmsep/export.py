@@ -1,0 +1,131 @@
+"""Compile named workloads into one bundle (see bundle.py for the format and the loader).
+
+Each distinct workload becomes one function of a single IRModule, scheduled
+as compiling it alone would be (the tuned record when one won, else the
+hand-written schedule), so the whole bundle is one compiler run and one
+library. The folder appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import tvm
+
+from . import __version__, build
+from .bundle import FORMAT, LIBRARY, MANIFEST
+from .files import file_sha256
+from .spec import Workload, depthwise_workload, separable_workload
+from .target import resolve_target
+
+__all__ = ["compile_bundle", "layers_from_file", "parse_target"]
+
+
+def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: str | Path,
+                   progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write the bundle for `layers` ((name, workload) pairs) to the folder `path`; returns its manifest."""
+    target = resolve_target(target)
+    path = Path(path)
+    names = [name for name, _ in layers]
+    if not layers:
+        raise ValueError("a bundle needs at least one layer")
+    if len(set(names)) != len(names):
+        raise ValueError(f"layer names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}")
+    functions: dict[Workload, str] = {}
+    scheduled: dict[str, tvm.tirx.PrimFunc] = {}
+    entries = []
+    for i, (name, wl) in enumerate(layers, 1):
+        trace = build.tuned_trace(wl, target)
+        if wl not in functions:
+            functions[wl] = f"tvmsep_k{len(functions)}"
+            func = build.scheduled_module(wl, target, trace)["main"]
+            scheduled[functions[wl]] = func.with_attr("global_symbol", functions[wl])
+        schedule = "hand-written" if trace is None else "tuned"
+        entries.append({"name": name, "function": functions[wl], "workload": wl.to_json(), "schedule": schedule})
+        progress(f"[{i}/{len(layers)}] scheduled {name}: {wl.describe()} ({schedule})")
+    progress(f"compiling {len(scheduled)} kernels for {target.kind.name} in one library ...")
+    executable = build.compile_scheduled(tvm.IRModule(scheduled), target)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        executable.export_library(str(staging / LIBRARY))
+        manifest = {
+            "format": FORMAT,
+            "tvmsep": __version__,
+            "tvm": tvm.__version__,
+            "target": str(target),
+            "target_kind": target.kind.name,
+            **({"arch": str(target.attrs["arch"])} if target.kind.name == "cuda" else {}),
+            **({"mcpu": str(target.attrs["mcpu"])} if "mcpu" in target.attrs else {}),
+            "library": LIBRARY,
+            "sha256": file_sha256(staging / LIBRARY),
+            "kernels": entries,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        os.rename(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    progress(f"wrote {path} ({(path / LIBRARY).stat().st_size / 1e6:.1f} MB library, {len(entries)} layers)")
+    return manifest
+
+
+def layers_from_file(path: str | Path) -> list[tuple[str, Workload]]:
+    """Named workloads from a JSON list of layers written with the public API's fields:
+
+        [{"name": "block1", "op": "separable", "input_shape": [1, 112, 112, 32], "dtype": "float32",
+          "filter_shape": [3, 3, 32, 1], "pointwise_shape": [1, 1, 32, 64],
+          "strides": [1, 1, 1, 1], "padding": "SAME", "rate": [1, 1], "data_format": "NHWC"}]
+
+    `op` defaults to separable when `pointwise_shape` is given; `rate`,
+    `data_format` and `dtype` (float32) are optional.
+    """
+    try:
+        specs = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read layers from {path}: {e}") from e
+    if not isinstance(specs, list) or not all(isinstance(s, dict) for s in specs):
+        raise ValueError(f"{path}: expected a JSON list of layer objects")
+    layers = []
+    for i, spec in enumerate(specs):
+        name = str(spec.get("name", f"layer{i}"))
+        known = {"name", "op", "input_shape", "filter_shape", "pointwise_shape", "strides", "padding", "rate",
+                 "data_format", "dtype"}
+        if set(spec) - known:
+            raise ValueError(f"{path}, layer {name!r}: unknown fields {sorted(set(spec) - known)}; known: {sorted(known)}")
+        try:
+            dtype = spec.get("dtype", "float32")
+            op = spec.get("op", "separable" if "pointwise_shape" in spec else "depthwise")
+            common = dict(strides=spec["strides"], padding=spec["padding"], rate=spec.get("rate"),
+                          data_format=spec.get("data_format"))
+            if op == "depthwise":
+                wl = depthwise_workload(spec["input_shape"], dtype, spec["filter_shape"], dtype, **common)
+            elif op == "separable":
+                wl = separable_workload(spec["input_shape"], dtype, spec["filter_shape"], dtype,
+                                        spec["pointwise_shape"], dtype, **common)
+            else:
+                raise ValueError(f"`op` must be 'depthwise' or 'separable', got {op!r}")
+        except KeyError as e:
+            raise ValueError(f"{path}, layer {name!r}: missing field {e}") from None
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}, layer {name!r}: {e}") from None
+        layers.append((name, wl))
+    return layers
+
+
+def parse_target(text: str) -> Any:
+    """A command-line target: "llvm" (this CPU), "cuda" (this GPU) or a TVM target as JSON,
+    e.g. '{"kind": "cuda", "arch": "sm_90"}' or '{"kind": "llvm", "mcpu": "skylake-avx512"}'."""
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"--target: not valid JSON: {e}") from None
+    return text

@@ -12,7 +12,9 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 import tvmsep
+import tvmsep.ops
 from tvmsep import build
+from tvmsep.matrix import CASES, case_workload, matrix
 from tvmsep.networks import network
 from tvmsep.schedules import cuda
 from tvmsep.spec import depthwise_workload, separable_workload
@@ -23,32 +25,6 @@ SM90 = Target({"kind": "cuda", "arch": "sm_90"})
 # The same, with the per-block limits VerifyGPUCode checks against.
 SM90_LIMITS = Target({"kind": "cuda", "arch": "sm_90", "max_threads_per_block": cuda.MAX_THREADS,
                       "max_shared_memory_per_block": cuda.MAX_SHARED_BYTES})
-
-# (input HxW, channels, multiplier, stride, padding (NHWC pairs), rate, pointwise outputs or None)
-CASES = [
-    (56, 128, 1, 1, "SAME", 1, None),
-    (112, 32, 1, 2, "SAME", 1, None),
-    (13, 5, 3, 1, "VALID", 1, None),
-    (9, 7, 2, 2, [[0, 0], [1, 2], [0, 3], [0, 0]], 1, None),
-    (17, 6, 1, 1, "SAME", 2, None),
-    (28, 64, 1, 1, "SAME", 1, 96),
-    (7, 10, 2, 2, "VALID", 1, 5),
-]
-
-
-def _workload(case, layout, dtype):
-    size, channels, mult, stride, padding, rate, outputs = case
-    nhwc = layout == "NHWC"
-    shape = (1, size, size, channels) if nhwc else (1, channels, size, size)
-    strides = [1, stride, stride, 1] if nhwc else [1, 1, stride, stride]
-    if isinstance(padding, list) and not nhwc:
-        padding = [padding[0], padding[3], padding[1], padding[2]]
-    common = dict(rate=[rate, rate], data_format=layout)
-    if outputs is None:
-        return depthwise_workload(shape, dtype, (3, 3, channels, mult), dtype, strides, padding, **common)
-    return separable_workload(shape, dtype, (3, 3, channels, mult), dtype, (1, 1, channels * mult, outputs), dtype,
-                              strides, padding, **common)
-
 
 def _passes_gpu_verification(wl, limits: Target = SM90_LIMITS) -> bool:
     sch = build.hand_schedule(wl, SM90)
@@ -61,11 +37,8 @@ def _source(wl) -> str:
     return build.compile_module(wl, SM90).mod.imports[0].inspect_source()
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:3])) + f"-s{c[3]}-r{c[5]}-o{c[6]}")
-def test_compiles_verifies_and_exports(case, layout, dtype, tmp_path):
-    wl = _workload(case, layout, dtype)
+@pytest.mark.parametrize("name, wl", matrix(), ids=[name for name, _ in matrix()])
+def test_compiles_verifies_and_exports(name, wl, tmp_path):
     assert _passes_gpu_verification(wl)
     module = build.compile_module(wl, SM90)
     path = tmp_path / "kernel.so"
@@ -78,7 +51,7 @@ def test_verification_can_fail():
     """The check is real: the same kernels break a 128-thread limit."""
     small = Target({"kind": "cuda", "arch": "sm_90", "max_threads_per_block": 128,
                     "max_shared_memory_per_block": cuda.MAX_SHARED_BYTES})
-    assert not _passes_gpu_verification(_workload(CASES[0], "NHWC", "float32"), small)
+    assert not _passes_gpu_verification(case_workload(CASES[0], "NHWC", "float32"), small)
 
 
 @pytest.mark.parametrize("dtype, vector", [("float32", "float4"), ("float16", "half4")])
@@ -92,16 +65,20 @@ def test_mobilenet_depthwise_stages_input_tiles_in_shared_memory_with_vector_loa
 
 
 def test_separable_gemm_stages_both_operands_in_shared_memory():
-    src = _source(_workload(CASES[5], "NHWC", "float32"))
+    src = _source(case_workload(CASES[6], "NHWC", "float32"))
     assert src.count("__global__ void") >= 2 * 2  # depthwise and pointwise kernels (declaration + definition)
     assert "depthwise_shared" in src and "pointwise_filter_shared" in src
 
 
-def test_the_ops_refuse_cuda_until_they_can_run_it():
+def test_a_named_cuda_target_without_a_device_says_so_before_compiling():
+    if tvm.cuda(0).exist:
+        pytest.skip("this machine has a GPU")
     x = np.random.rand(1, 8, 8, 4).astype(np.float32)
     f = np.random.rand(3, 3, 4, 1).astype(np.float32)
-    with pytest.raises(ValueError, match="`target`"):
+    builds = tvmsep.ops.module_cache.builds
+    with pytest.raises(RuntimeError, match="no CUDA device"):
         tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", target={"kind": "cuda", "arch": "sm_90"})
+    assert tvmsep.ops.module_cache.builds == builds
 
 
 def test_cuda_without_a_device_asks_for_the_architecture():

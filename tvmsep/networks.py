@@ -1,7 +1,8 @@
 """Real-network layers, as data: where each comes from is noted beside it.
 
-A `Layer` holds public-API arguments (NHWC, TF filter layouts); `workload()`
-resolves it through the same validation as a user call.
+A `Layer` holds public-API arguments (TF filter layouts; NHWC unless its
+`layout` says NCHW); `workload()` resolves it through the same validation as
+a user call.
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ class Layer:
     rate: int = 1
     padding: str = "SAME"
     dtype: str = "float32"
+    layout: str = "NHWC"
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
+        if self.layout == "NCHW":
+            return (self.batch, self.channels, self.size, self.size)
         return (self.batch, self.size, self.size, self.channels)
 
     @property
@@ -41,6 +45,8 @@ class Layer:
 
     @property
     def strides(self) -> list[int]:
+        if self.layout == "NCHW":
+            return [1, 1, self.stride, self.stride]
         return [1, self.stride, self.stride, 1]
 
     def workload(self, op: str | None = None) -> Workload:
@@ -49,9 +55,10 @@ class Layer:
         rate = [self.rate, self.rate]
         if op == "depthwise":
             return depthwise_workload(self.input_shape, self.dtype, self.filter_shape, self.dtype,
-                                      self.strides, self.padding, rate)
+                                      self.strides, self.padding, rate, data_format=self.layout)
         return separable_workload(self.input_shape, self.dtype, self.filter_shape, self.dtype,
-                                  self.pointwise_shape, self.dtype, self.strides, self.padding, rate)
+                                  self.pointwise_shape, self.dtype, self.strides, self.padding, rate,
+                                  data_format=self.layout)
 
 
 def _mobilenet_v1(batch: int = 1) -> list[Layer]:

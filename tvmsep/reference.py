@@ -12,7 +12,23 @@ import numpy as np
 
 from .spec import Workload
 
-__all__ = ["depthwise_reference", "separable_reference"]
+__all__ = ["depthwise_reference", "separable_reference", "TOLERANCE", "scaled_error"]
+
+# TF's test tolerances, relative to the output's scale (its largest magnitude, at least 1).
+TOLERANCE = {"float16": 4e-2, "float32": 1e-4, "float64": 1e-9}
+
+
+def scaled_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """Largest absolute error over the output's scale; inf where an output is NaN or inf
+    (a poisoned element the kernel never wrote)."""
+    actual = np.asarray(actual, np.float64)
+    if actual.shape != expected.shape:
+        raise ValueError(f"shape {actual.shape} != expected {expected.shape}")
+    if not expected.size:
+        return 0.0
+    if not np.isfinite(actual).all():
+        return float("inf")
+    return float(np.abs(actual - expected).max()) / max(float(np.abs(expected).max()), 1.0)
 
 
 def depthwise_reference(x: np.ndarray, f: np.ndarray, wl: Workload) -> np.ndarray:

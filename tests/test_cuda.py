@@ -17,7 +17,7 @@ from tvmsep import build
 from tvmsep.matrix import CASES, case_workload, matrix
 from tvmsep.networks import network
 from tvmsep.schedules import cuda
-from tvmsep.spec import depthwise_workload, separable_workload
+from tvmsep.spec import depthwise_workload
 
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 

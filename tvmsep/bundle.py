@@ -127,6 +127,11 @@ def _device_for(manifest: dict[str, Any]) -> Any:
     """The device the bundle's kernels run on here, or why there is none."""
     kind = manifest.get("target_kind")
     if kind == "llvm":
+        host = _host_cpu_flags()
+        missing = sorted(set(manifest.get("cpu_flags", [])) - host) if host is not None else []
+        if missing:
+            raise BundleError(f"the bundle is for {manifest.get('mcpu', 'another CPU')}, whose instructions this "
+                              f"CPU lacks ({', '.join(missing)}); compile it for this CPU (--target llvm)")
         return tvm.cpu()
     if kind == "cuda":
         device = tvm.cuda(0)
@@ -137,3 +142,13 @@ def _device_for(manifest: dict[str, Any]) -> Any:
             raise BundleError(f"the bundle is for {manifest['arch']}; this machine's GPU is {arch}")
         return device
     raise BundleError(f"the bundle's target kind {kind!r} is not one tvmsep runs (llvm, cuda)")
+
+
+def _host_cpu_flags() -> set[str] | None:
+    """This CPU's instruction-set flags as Linux reports them; None where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next(line for line in f if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return None
+    return set(line.split(":", 1)[1].split())

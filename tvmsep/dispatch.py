@@ -47,8 +47,7 @@ class Dispatcher:
         inputs = [a for a, _ in converted]
         home = converted[0][1]
         try:
-            memo_key = (op, tuple((tuple(a.shape), str(a.dtype)) for a in inputs), _freeze(options),
-                        _freeze(target))
+            memo_key = (op, tuple((a.shape, a.dtype) for a in inputs), _freeze(options), _freeze(target))
         except TypeError:
             memo_key = None  # an unhashable argument: validate it the long way (spec raises if it is wrong)
         hit = self._memo.get(memo_key) if memo_key is not None else None
@@ -73,8 +72,8 @@ def _freeze(value: Any) -> Any:
     Types are kept for scalars so that, e.g., 2 and 2.0 never share a memo entry.
     """
     kind = type(value)
-    if kind is list or kind is tuple:
-        return tuple(_freeze(v) for v in value)
+    if kind is list or kind is tuple:  # ints (most of the arguments) stand for themselves
+        return tuple(v if type(v) is int else _freeze(v) for v in value)
     if kind is str or value is None:
         return value
     if isinstance(value, np.ndarray):

@@ -63,6 +63,7 @@ def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: st
             "target_kind": target.kind.name,
             **({"arch": str(target.attrs["arch"])} if target.kind.name == "cuda" else {}),
             **({"mcpu": str(target.attrs["mcpu"])} if "mcpu" in target.attrs else {}),
+            **({"cpu_flags": _cpu_flags(target)} if target.kind.name == "llvm" else {}),
             "library": LIBRARY,
             "sha256": file_sha256(staging / LIBRARY),
             "kernels": entries,
@@ -75,6 +76,20 @@ def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: st
         shutil.rmtree(staging, ignore_errors=True)
     progress(f"wrote {path} ({(path / LIBRARY).stat().st_size / 1e6:.1f} MB library, {len(entries)} layers)")
     return manifest
+
+
+# LLVM's names for the instruction sets tvmsep's CPU code may use -> Linux's /proc/cpuinfo flags.
+_CPU_FLAGS = {"sse4.1": "sse4_1", "sse4.2": "sse4_2", "avx": "avx", "avx2": "avx2", "fma": "fma", "f16c": "f16c",
+              "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512dq": "avx512dq", "avx512vl": "avx512vl",
+              "avx512cd": "avx512cd", "avx512bf16": "avx512_bf16", "avx512fp16": "avx512_fp16",
+              "avx512vnni": "avx512_vnni", "avxvnni": "avx_vnni"}
+
+
+def _cpu_flags(target: Any) -> list[str]:
+    """The instruction sets the target's CPU has, as /proc/cpuinfo names them: the code may use any."""
+    from tvm.target import codegen
+    features = {str(f) for f in codegen.llvm_get_cpu_features(target)}
+    return sorted(flag for feature, flag in _CPU_FLAGS.items() if feature in features)
 
 
 def layers_from_file(path: str | Path) -> list[tuple[str, Workload]]:

@@ -124,7 +124,7 @@ def output_array(fn: str, out: Any, wl: Workload, inputs: Sequence[Array]) -> Ar
         view, _ = to_array("out", out)
     else:
         raise TypeError(f"{fn}: `out` must be a numpy array or a DLPack tensor, got {type(out).__name__}")
-    _check_shape_dtype(fn, view.shape, str(view.dtype), wl)
+    _check_shape_dtype(fn, view.shape, view.dtype, wl)
     if not view.flags.c_contiguous:
         raise ValueError(f"{fn}: `out` must be C-contiguous")
     if not view.flags.writeable:
@@ -136,7 +136,7 @@ def output_array(fn: str, out: Any, wl: Workload, inputs: Sequence[Array]) -> Ar
 
 def _device_output(fn: str, out: Any, wl: Workload, inputs: Sequence[Array]) -> tvm_ffi.Tensor:
     tensor = tvm_ffi.from_dlpack(out)
-    _check_shape_dtype(fn, tuple(tensor.shape), str(tensor.dtype), wl)
+    _check_shape_dtype(fn, tuple(tensor.shape), tensor.dtype, wl)
     if not tensor.is_contiguous() or tensor.data_ptr() % VECTOR_BYTES:
         raise ValueError(f"{fn}: `out` on the GPU must be contiguous and {VECTOR_BYTES}-byte aligned")
     start, stop = tensor.data_ptr(), tensor.data_ptr() + _nbytes(tensor)
@@ -151,7 +151,8 @@ def _nbytes(tensor: tvm_ffi.Tensor) -> int:
     return int(np.prod(tensor.shape)) * np.dtype(str(tensor.dtype)).itemsize
 
 
-def _check_shape_dtype(fn: str, shape: tuple, dtype: str, wl: Workload) -> None:
+def _check_shape_dtype(fn: str, shape: tuple, dtype: Any, wl: Workload) -> None:
+    """dtype: numpy's or TVM's, which both compare equal to their name (str() of one costs microseconds)."""
     if tuple(shape) != wl.output_shape:
         raise ValueError(f"{fn}: `out` has shape {tuple(shape)}; the result has shape {wl.output_shape}")
     if dtype != wl.dtype:

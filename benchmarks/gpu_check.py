@@ -175,14 +175,6 @@ def _tolerance(dtype: str) -> float:
     return TOLERANCE[dtype]
 
 
-def call_arguments(wl: Any) -> tuple[list[int], list[list[int]], list[int], str]:
-    """(strides, explicit padding, rate, data_format) that resolve to exactly `wl`."""
-    pads = [[wl.pad_top, wl.pad_bottom], [wl.pad_left, wl.pad_right]]
-    if wl.layout == "NHWC":
-        return [1, wl.stride_h, wl.stride_w, 1], [[0, 0], *pads, [0, 0]], [wl.dilation_h, wl.dilation_w], "NHWC"
-    return [1, 1, wl.stride_h, wl.stride_w], [[0, 0], [0, 0], *pads], [wl.dilation_h, wl.dilation_w], "NCHW"
-
-
 def random_inputs(wl: Any, rng: np.random.Generator) -> list[np.ndarray]:
     shapes = [wl.input_shape, wl.filter_shape] + ([wl.pointwise_shape] if wl.op == "separable" else [])
     return [rng.standard_normal(shape).astype(wl.dtype) for shape in shapes]
@@ -190,7 +182,7 @@ def random_inputs(wl: Any, rng: np.random.Generator) -> list[np.ndarray]:
 
 def public_call(bundle: Any, wl: Any) -> Callable[..., Any]:
     """fn(*arrays, out=None): the bundle's public op with arguments that resolve to `wl`."""
-    strides, padding, rate, layout = call_arguments(wl)
+    strides, padding, rate, layout = wl.call_arguments()
     op = bundle.depthwise_conv2d if wl.op == "depthwise" else bundle.separable_conv2d
     return lambda *arrays, out=None: op(*arrays, strides, padding, rate, data_format=layout, out=out)
 

@@ -99,6 +99,9 @@ def test_kernels_by_name_and_by_arguments(bundle_path, rng):
     assert_close(out, depthwise_reference(x, f, wl), "float32")
     strided = bundle.depthwise_conv2d(x, f, [1, wl.stride_h, wl.stride_w, 1], "SAME")
     assert_close(strided, depthwise_reference(x, f, wl), "float32")
+    assert_close(bundle.run("v2_05_dw", x, f), depthwise_reference(x, f, wl), "float32")
+    with pytest.raises(ValueError, match="layer 'v2_05_dw' .* takes arrays of shapes"):
+        bundle.run("v2_05_dw", x[:, 1:], f)
     with pytest.raises(KeyError, match="it holds: v1_02"):
         bundle.kernel("v9_99")
 

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tvm
 
 from . import __version__, runtime
@@ -38,7 +39,8 @@ class BundleError(ValueError):
 
 
 class Bundle:
-    """The kernels of a loaded bundle, called like the public ops or by layer name."""
+    """The kernels of a loaded bundle: `depthwise_conv2d` / `separable_conv2d` as the public ops
+    (matched to a kernel by their arguments), or `run(layer_name, *arrays)`."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], module: Any, device: Any) -> None:
         self.path = path
@@ -63,6 +65,18 @@ class Bundle:
             return self.kernels[name]
         except KeyError:
             raise KeyError(f"{self.path} has no layer {name!r}; it holds: {', '.join(self.kernels)}") from None
+
+    def run(self, name: str, *arrays: Any, out: Any = None) -> Any:
+        """Layer `name` on `arrays` (input, filter[, pointwise filter]): the public op's checks and
+        results, with the strides, padding, rate and layout the layer was compiled with."""
+        wl = self.kernel(name).workload
+        shapes = [wl.input_shape, wl.filter_shape] + ([wl.pointwise_shape] if wl.op == "separable" else [])
+        given = [tuple(getattr(a, "shape", np.shape(a))) for a in arrays]
+        if given != shapes:
+            raise ValueError(f"layer {name!r} ({wl.describe()}) takes arrays of shapes {shapes}, got {given}")
+        strides, padding, rate, layout = wl.call_arguments()
+        op = self.depthwise_conv2d if wl.op == "depthwise" else self.separable_conv2d
+        return op(*arrays, strides, padding, rate, data_format=layout, out=out)
 
     def function_name(self, name: str) -> str:
         """The library function that computes layer `name` (for `module.time_evaluator`)."""

@@ -114,6 +114,14 @@ class Workload:
             return depthwise
         return depthwise + 2 * spatial * self.mid_channels * self.out_channels
 
+    def call_arguments(self) -> tuple[list[int], list[list[int]], list[int], str]:
+        """(strides, explicit padding, rate, data_format): public-API arguments that resolve to exactly this."""
+        pads = [[self.pad_top, self.pad_bottom], [self.pad_left, self.pad_right]]
+        rate = [self.dilation_h, self.dilation_w]
+        if self.layout == "NHWC":
+            return [1, self.stride_h, self.stride_w, 1], [[0, 0], *pads, [0, 0]], rate, "NHWC"
+        return [1, 1, self.stride_h, self.stride_w], [[0, 0], [0, 0], *pads], rate, "NCHW"
+
     def describe(self) -> str:
         """Short human-readable form, e.g. `dw 1x112x112x32 k3 s2 -> 1x56x56x32`."""
         shape = "x".join(map(str, self.input_shape))

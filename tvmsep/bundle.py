@@ -94,16 +94,14 @@ class Bundle:
                          name: Any = None, data_format: Any = None, dilations: Any = None, *,
                          out: Any = None) -> Any:
         """`tvmsep.depthwise_conv2d` with this bundle's kernels (no compiling)."""
-        return self._call("depthwise", (("input", input), ("filter", filter)),
-                          (strides, padding, rate, name, data_format, dilations), None, out)
+        return self._call.depthwise(input, filter, strides, padding, rate, name, data_format, dilations, None, out)
 
     def separable_conv2d(self, input: Any, depthwise_filter: Any, pointwise_filter: Any, strides: Any,
                          padding: Any, rate: Any = None, name: Any = None, data_format: Any = None,
                          dilations: Any = None, *, out: Any = None) -> Any:
         """`tvmsep.separable_conv2d` with this bundle's kernels (no compiling)."""
-        return self._call("separable", (("input", input), ("depthwise_filter", depthwise_filter),
-                                        ("pointwise_filter", pointwise_filter)),
-                          (strides, padding, rate, name, data_format, dilations), None, out)
+        return self._call.separable(input, depthwise_filter, pointwise_filter, strides, padding, rate, name,
+                                    data_format, dilations, None, out)
 
 
 def load(path: str | Path) -> Bundle:

@@ -66,6 +66,20 @@ class Dispatcher:
         return out
 
 
+    def depthwise(self, input: Any, filter: Any, strides: Any, padding: Any, rate: Any, name: Any,
+                  data_format: Any, dilations: Any, target: Any, out: Any) -> Any:
+        """`depthwise_conv2d`'s arguments, in its order, named as its errors name them."""
+        return self("depthwise", (("input", input), ("filter", filter)),
+                    (strides, padding, rate, name, data_format, dilations), target, out)
+
+    def separable(self, input: Any, depthwise_filter: Any, pointwise_filter: Any, strides: Any, padding: Any,
+                  rate: Any, name: Any, data_format: Any, dilations: Any, target: Any, out: Any) -> Any:
+        """`separable_conv2d`'s arguments, in its order, named as its errors name them."""
+        return self("separable", (("input", input), ("depthwise_filter", depthwise_filter),
+                                  ("pointwise_filter", pointwise_filter)),
+                    (strides, padding, rate, name, data_format, dilations), target, out)
+
+
 def _freeze(value: Any) -> Any:
     """A hashable stand-in for an argument value (lists become tuples).
 

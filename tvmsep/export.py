@@ -36,17 +36,18 @@ def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: st
         raise ValueError("a bundle needs at least one layer")
     if len(set(names)) != len(names):
         raise ValueError(f"layer names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}")
-    functions: dict[Workload, str] = {}
+    functions: dict[Workload, tuple[str, str]] = {}  # workload -> (function name, schedule)
     scheduled: dict[str, tvm.tirx.PrimFunc] = {}
     entries = []
     for i, (name, wl) in enumerate(layers, 1):
-        trace = build.tuned_trace(wl, target)
-        if wl not in functions:
-            functions[wl] = f"tvmsep_k{len(functions)}"
+        if wl not in functions:  # a repeated layer (MobileNetV1's 5 identical blocks) shares one function
+            trace = build.tuned_trace(wl, target)
+            function = f"tvmsep_k{len(functions)}"
+            functions[wl] = (function, "hand-written" if trace is None else "tuned")
             func = build.scheduled_module(wl, target, trace)["main"]
-            scheduled[functions[wl]] = func.with_attr("global_symbol", functions[wl])
-        schedule = "hand-written" if trace is None else "tuned"
-        entries.append({"name": name, "function": functions[wl], "workload": wl.to_json(), "schedule": schedule})
+            scheduled[function] = func.with_attr("global_symbol", function)
+        function, schedule = functions[wl]
+        entries.append({"name": name, "function": function, "workload": wl.to_json(), "schedule": schedule})
         progress(f"[{i}/{len(layers)}] scheduled {name}: {wl.describe()} ({schedule})")
     progress(f"compiling {len(scheduled)} kernels for {target.kind.name} in one library ...")
     executable = build.compile_scheduled(tvm.IRModule(scheduled), target)

@@ -58,8 +58,7 @@ def depthwise_conv2d(input: Any, filter: Any, strides: Any, padding: Any, rate: 
     the input's array type (numpy, or torch/JAX via DLPack), or `out` when given.
     `target`: None (this CPU), a TVM target dict or `tvm.target.Target`.
     """
-    return _call("depthwise", (("input", input), ("filter", filter)),
-                 (strides, padding, rate, name, data_format, dilations), target, out)
+    return _call.depthwise(input, filter, strides, padding, rate, name, data_format, dilations, target, out)
 
 
 def separable_conv2d(input: Any, depthwise_filter: Any, pointwise_filter: Any, strides: Any, padding: Any,
@@ -70,6 +69,5 @@ def separable_conv2d(input: Any, depthwise_filter: Any, pointwise_filter: Any, s
     depthwise_filter: [KH, KW, C, M]; pointwise_filter: [1, 1, C*M, O].
     Returns [N, OH, OW, O] (NHWC) or [N, O, OH, OW]; otherwise as `depthwise_conv2d`.
     """
-    return _call("separable", (("input", input), ("depthwise_filter", depthwise_filter),
-                               ("pointwise_filter", pointwise_filter)),
-                 (strides, padding, rate, name, data_format, dilations), target, out)
+    return _call.separable(input, depthwise_filter, pointwise_filter, strides, padding, rate, name, data_format,
+                           dilations, target, out)

@@ -75,7 +75,7 @@ def to_array(name: str, x: Any) -> tuple[Array, Home]:
             raise ValueError(f"`{name}` lives on DLPack device type {device_type}; "
                              "tvmsep runs on the CPU and on CUDA GPUs")
         try:
-            return np.from_dlpack(x), dataclasses.replace(HOST, wrap=_home_of(x).wrap)
+            return np.from_dlpack(x), _home_of(x)
         except (TypeError, BufferError, RuntimeError) as e:
             raise TypeError(f"`{name}`: could not read {type(x).__name__} through DLPack: {e}") from e
     try:
@@ -111,7 +111,7 @@ def _home_of(x: Any) -> Home:
     if root in ("jax", "jaxlib"):
         import jax.numpy as jnp
         return Home(wrap=jnp.from_dlpack)
-    return Home(wrap=lambda t: t)  # a TVM tensor: any DLPack consumer can take it
+    return HOST  # on a GPU, the result stays a TVM tensor: any DLPack consumer can take it
 
 
 def output_array(fn: str, out: Any, wl: Workload, inputs: Sequence[Array]) -> Array:

@@ -28,7 +28,7 @@ from tvmsep.spec import Workload
 
 from .common import accumulator, has_block, loop_depth, store_once
 
-__all__ = ["VERSION", "schedule", "MAX_SHARED_BYTES", "MAX_THREADS"]
+__all__ = ["VERSION", "schedule", "design_spaces", "MAX_SHARED_BYTES", "MAX_THREADS"]
 
 VERSION = 1
 
@@ -58,6 +58,12 @@ def schedule(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
         _depthwise_nchw(sch, wl)
     if wl.op == "separable":
         _pointwise(sch, wl)
+
+
+def design_spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_tir.Schedule]:
+    """The tuning spaces, the hand-written schedule first: here it is the only one."""
+    schedule(sch, wl, target)
+    return [sch]
 
 
 def _tile(extent: int, preferred: int) -> int:

@@ -48,7 +48,7 @@ from tvmsep.spec import Workload
 
 from .common import accumulator, has_block, loop_depth, store_once
 
-__all__ = ["VERSION", "schedule", "vector_lanes"]
+__all__ = ["VERSION", "schedule", "schedule_fused", "design_spaces", "vector_lanes"]
 
 # Bump when a change here should invalidate compiled modules in user caches
 # (the cache key also hashes this file's source).
@@ -125,12 +125,39 @@ def _vector_knob(sch: s_tir.Schedule, extent: int, lanes: int, registers: int = 
 
 
 def schedule(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
-    """Schedule every stage of `wl`'s PrimFunc in place."""
+    """Schedule every stage of `wl`'s PrimFunc in place: the hand-written schedule."""
     lanes = vector_lanes(target, wl.dtype)
-    parallel = wl.flops >= PARALLEL_MIN_FLOPS and int(target.attrs.get("num-cores", 1)) > 1
+    parallel = _parallel(wl, target)
     _depthwise(sch, wl, lanes, parallel)
     if wl.op == "separable":
         _pointwise(sch, wl, lanes, parallel)
+
+
+def design_spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_tir.Schedule]:
+    """The tuning spaces, the hand-written schedule first: its knobs and, for NHWC
+    separable, the fused variant, where each output row's depthwise result is
+    computed into a one-row buffer (in L1/L2) right before the pointwise GEMM
+    consumes it, so the intermediate tensor never goes to memory. Whether
+    fusing pays depends on the shape (it re-reads the pointwise weights once
+    per row), so it is left to measurement."""
+    spaces = [sch]
+    if wl.op == "separable" and wl.layout == "NHWC":
+        fused = sch.copy()
+        schedule_fused(fused, wl, target)
+        spaces.append(fused)
+    schedule(sch, wl, target)
+    return spaces
+
+
+def schedule_fused(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
+    """NHWC separable with the depthwise computed per output row inside the pointwise (see design_spaces)."""
+    lanes = vector_lanes(target, wl.dtype)
+    rows = _pointwise(sch, wl, lanes, _parallel(wl, target), fused=True)
+    _depthwise(sch, wl, lanes, parallel=False, row=rows)
+
+
+def _parallel(wl: Workload, target: Target) -> bool:
+    return wl.flops >= PARALLEL_MIN_FLOPS and int(target.attrs.get("num-cores", 1)) > 1
 
 
 def _finish_tile(sch: s_tir.Schedule, block, store, tile_loop, init_loop) -> None:
@@ -146,16 +173,20 @@ def _finish_tile(sch: s_tir.Schedule, block, store, tile_loop, init_loop) -> Non
             sch.unroll(inner[-2])
 
 
-def _depthwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool) -> None:
+def _depthwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool, row=None) -> None:
+    """`row`: an NHWC output-row loop of the pointwise to compute each row's depthwise under."""
     block, store = accumulator(sch, "depthwise")
+    if row is not None:
+        sch.compute_at(store, row)
+        sch.compute_at(block, row)
     if wl.layout == "NHWC":
         if has_block(sch, "pad"):
             sch.compute_inline(sch.get_sblock("pad"))
-        b, i, j, c, di, dj = sch.get_loops(block)
+        *outer, j, c, di, dj = sch.get_loops(block)
         jo, ji = sch.split(j, [None, _block_knob(sch, wl.out_width, DEPTHWISE_PIXEL_BLOCK, [4, 6, 8, 12, 16])])
         co, vec = sch.split(c, [None, _vector_knob(sch, wl.mid_channels, lanes)])
-        sch.reorder(b, i, jo, co, di, dj, ji, vec)
-        rows = sch.fuse(b, i)
+        sch.reorder(jo, co, di, dj, ji, vec)
+        rows = sch.fuse(*outer) if row is None else row
         tile, block_loop = co, ji
     else:
         b, c, i, j, di, dj = sch.get_loops(block)
@@ -178,7 +209,9 @@ def _depthwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool) ->
     _finish_tile(sch, block, store, tile, di)
 
 
-def _pointwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool) -> None:
+def _pointwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool, fused: bool = False):
+    """Returns the parallel loop; with `fused` (NHWC only), it runs over output
+    rows and each row's tiles are a serial loop inside it."""
     # Tiles stay inside one output row: a tile that wrapped rows would make
     # the store's region a bounding box of whole rows.
     block, store = accumulator(sch, "pointwise")
@@ -186,16 +219,21 @@ def _pointwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool) ->
         b, i, j, o, c = sch.get_loops(block)
         jo, ji = sch.split(j, [None, _block_knob(sch, wl.out_width, GEMM_ROWS, [4, 6, 8, 12, 16])])
         oo, vec = sch.split(o, [None, _vector_knob(sch, wl.out_channels, lanes, GEMM_VECTORS, 4)])
-        sch.reorder(oo, b, i, jo, c, ji, vec)
-        outer = sch.fuse(oo, b, i, jo)
+        if fused:
+            sch.reorder(b, i, oo, jo, c, ji, vec)
+            outer, tile = sch.fuse(b, i), sch.fuse(oo, jo)
+        else:
+            sch.reorder(oo, b, i, jo, c, ji, vec)
+            outer = tile = sch.fuse(oo, b, i, jo)
     else:
         b, o, i, j, c = sch.get_loops(block)
         jo, vec = sch.split(j, [None, _vector_knob(sch, wl.out_width, lanes, GEMM_VECTORS, 4)])
         oo, ji = sch.split(o, [None, _block_knob(sch, wl.out_channels, GEMM_ROWS, [4, 6, 8, 12, 16])])
         sch.reorder(b, oo, i, jo, c, ji, vec)
-        outer = sch.fuse(b, oo, i, jo)
+        outer = tile = sch.fuse(b, oo, i, jo)
     if parallel:
         sch.parallel(outer)
     sch.vectorize(vec)
     sch.unroll(ji)
-    _finish_tile(sch, block, store, outer, c)
+    _finish_tile(sch, block, store, tile, c)
+    return outer

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tvm.s_tir import Schedule
 from tvm.s_tir import meta_schedule as ms
 
 import tvmsep
 from tvmsep import build, ops
 from tvmsep.cache import cache_key
 from tvmsep.reference import depthwise_reference
-from tvmsep.spec import depthwise_workload
+from tvmsep.schedules import llvm
+from tvmsep.spec import depthwise_workload, separable_workload
 from tvmsep.tune import tune
 from tvmsep.tuning_log import RECORD_FILE, VERDICT_FILE, WORKLOAD_FILE, TuningLog, target_folder_name
 from tvmsep.target import host_target
@@ -111,6 +113,18 @@ def test_compiling_uses_the_verdict(tuned_log, monkeypatch, rng):
     ops._kernels.clear()
     ops._call.clear()
     build._verdicts.cache_clear()
+
+
+def test_each_design_space_is_measured_at_the_hand_written_sizes_once(tmp_path):
+    wl = separable_workload([1, 8, 8, 16], "float32", [3, 3, 16, 1], "float32", [1, 1, 16, 24], "float32",
+                            [1, 1, 1, 1], "SAME")
+    spaces = llvm.design_spaces(Schedule(build.workload_module(wl)), wl, host_target())
+    for _ in range(2):  # the rerun finds both logged and measures neither again
+        tune([wl], trials=2, log_dir=tmp_path, report=lambda line: None)
+        log = TuningLog(tmp_path / FOLDER)
+        records = log.records(log.commit_workload(build.workload_module(wl)))
+        assert [str(r.trace) for r in records] == [str(s.trace) for s in spaces]
+        assert all(r.run_secs and float(r.run_secs[0]) < 1 for r in records)
 
 
 def test_partial_last_line_is_trimmed_and_tvm_still_reads(tuned_log, tmp_path):

@@ -51,7 +51,9 @@ def depthwise_reference(x: np.ndarray, f: np.ndarray, wl: Workload) -> np.ndarra
 
 
 def separable_reference(x: np.ndarray, f: np.ndarray, p: np.ndarray, wl: Workload) -> np.ndarray:
-    mid = depthwise_reference(x, f, wl)
+    """TF's separable: the depthwise result is a tensor of the workload's dtype
+    (rounded once, e.g. to float16) before the exact 1x1 mix."""
+    mid = depthwise_reference(x, f, wl).astype(wl.dtype).astype(np.float64)
     weights = np.asarray(p, np.float64)[0, 0]
     if wl.layout == "NHWC":
         return mid @ weights

@@ -5,8 +5,10 @@ For each workload, one job:
 1. measures the hand-written schedule (it is a record like any other);
 2. searches two spaces with meta-schedule's evolutionary search and XGBoost
    cost model: the hand-written schedule's own knobs (`ScheduleFn` over
-   `schedules.<kind>.schedule`, whose default decisions are the hand-written
-   choices) and TVM's generic rules (`PostOrderApply`), sharing one budget;
+   `schedules.<kind>.design_spaces`: the hand-written schedule, whose default
+   decisions are the hand-written choices, and its structural alternatives
+   such as other compute-at points) and TVM's generic rules
+   (`PostOrderApply`), sharing one budget;
 3. measures the best record against the hand-written schedule side by side
    (alternating, several rounds, medians), because this kind of machine drifts
    by 2x between minutes, and writes a verdict: the tuned schedule is used
@@ -135,14 +137,17 @@ def _device_type(target: Target) -> str:
     return "cuda" if target.kind.name == "cuda" else "cpu"
 
 
-def _best_tuned(log: TuningLog, workload):
-    """The fastest record other than the first, which is always the hand-written schedule."""
-    measured = [r for r in log.records(workload)[1:] if record_seconds(r) < FAILED_SECONDS]
+def _best_tuned(log: TuningLog, workload, hand_key: str):
+    """The fastest record of a schedule other than the hand-written one (which
+    is the first record, and again a later one if the hand-written schedule
+    changed after the log was started)."""
+    measured = [r for r in log.records(workload)[1:]
+                if record_seconds(r) < FAILED_SECONDS and _trace_key(r.trace) != hand_key]
     return min(measured, key=record_seconds, default=None)
 
 
 def _spaces(wl: Workload, target: Target) -> list[tuple[str, ms.space_generator.SpaceGenerator]]:
-    hand = ms.space_generator.ScheduleFn(lambda sch: schedules_for(target).schedule(sch, wl, target))
+    hand = ms.space_generator.ScheduleFn(lambda sch: schedules_for(target).design_spaces(sch, wl, target))
     return [("knobs", hand), ("generic", ms.space_generator.PostOrderApply())]
 
 
@@ -167,10 +172,34 @@ def _search(wl: Workload, target: Target, log: TuningLog, trials: int, builder, 
                            task_scheduler="round-robin")
 
 
+def _measure_defaults(wl: Workload, target: Target, log: TuningLog, workload, builder, runner,
+                      report: Callable[[str], None]) -> None:
+    """Log each design space at its default decisions unless it already is:
+    the hand-written schedule (always the first record) and its structural
+    alternatives with the hand-written sizes, so every alternative is measured
+    at least once however the search samples. A log from before a space
+    existed gets the new defaults appended."""
+    logged = {_trace_key(r.trace) for r in log.records(workload)}
+    spaces = schedules_for(target).design_spaces(Schedule(workload.mod), wl, target)
+    new = [(i, sch) for i, sch in enumerate(spaces) if _trace_key(sch.trace) not in logged]
+    seconds = _build_and_run([sch.mod for _, sch in new], target, builder, runner) if new else []
+    for (i, sch), secs in zip(new, seconds):
+        log.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, workload, [secs] if secs < FAILED_SECONDS else None, target,
+            ArgInfo.from_prim_func(workload.mod["main"])))
+        report(("hand-written" if i == 0 else f"design space {i + 1} at the hand-written sizes")
+               + (f" {secs * 1e3:.4f} ms" if secs < FAILED_SECONDS else " failed"))
+
+
+def _trace_key(trace) -> str:
+    """The trace as schedule code, decisions included (equal for equal schedules)."""
+    return str(trace)
+
+
 def _verify(wl: Workload, target: Target, log: TuningLog, workload, builder, runner) -> tuple[float, float, object]:
     """(hand s, best record s, best record), measured alternately side by side."""
-    best = _best_tuned(log, workload)
-    hand = hand_schedule(wl, target, workload.mod).mod
+    hand_sch = hand_schedule(wl, target, workload.mod)
+    best, hand = _best_tuned(log, workload, _trace_key(hand_sch.trace)), hand_sch.mod
     if best is None:
         return statistics.median(_build_and_run([hand] * VERIFY_ROUNDS, target, builder, runner)), FAILED_SECONDS, None
     sch = Schedule(workload.mod)
@@ -195,13 +224,7 @@ def tune(workloads: Sequence[Workload], *, target=None, trials: int = 64,
     for n, wl in enumerate(distinct, 1):
         label = f"[{n}/{len(distinct)}] {wl.describe()}"
         workload = log.commit_workload(workload_module(wl))
-        if not log.records(workload):  # the hand-written schedule is always the first record
-            sch = hand_schedule(wl, target, workload.mod)
-            seconds = _build_and_run([sch.mod], target, builder, runner)[0]
-            log.commit_tuning_record(ms.database.TuningRecord(
-                sch.trace, workload, [seconds] if seconds < FAILED_SECONDS else None, target,
-                ArgInfo.from_prim_func(workload.mod["main"])))
-            report(f"{label}: hand-written {seconds * 1e3:.4f} ms")
+        _measure_defaults(wl, target, log, workload, builder, runner, lambda line: report(f"{label}: {line}"))
         done = len(log.records(workload))
         if 1 < done < trials:
             report(f"{label}: continuing from {done} logged trials")

@@ -1,0 +1,69 @@
+"""The CPU tuning spaces: every design space a tuning job searches computes
+TF's result, at the hand-written sizes and at sizes the search samples."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import s_tir
+from tvm.s_tir.schedule import Trace
+
+from tvmsep import build
+from tvmsep.matrix import matrix
+from tvmsep.reference import separable_reference
+from tvmsep.schedules import llvm
+from tvmsep.spec import separable_workload
+from tvmsep.target import host_target
+
+from conftest import assert_close
+
+TARGET = host_target()
+# Every NHWC separable configuration of the matrix, plus float64 (half the lanes).
+SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.layout == "NHWC"] + [
+    ("b1-10x12x1-s1-SAME-o20-NHWC-float64",
+     separable_workload((1, 10, 10, 12), "float64", (3, 3, 12, 1), "float64", (1, 1, 12, 20), "float64",
+                        [1, 1, 1, 1], "SAME"))]
+
+
+def _spaces(wl):
+    return llvm.design_spaces(s_tir.Schedule(build.workload_module(wl)), wl, TARGET)
+
+
+def _check(sch, wl, rng):
+    inputs = [rng.standard_normal(shape).astype(wl.dtype) for shape in wl.arg_shapes]
+    out = np.full(wl.output_shape, np.nan, wl.dtype)
+    kernel = build.compile_scheduled(sch.mod, TARGET).mod["main"]
+    kernel(*[tvm.runtime.tensor(a) for a in inputs], out_tensor := tvm.runtime.tensor(out))
+    assert_close(out_tensor.numpy(), separable_reference(*inputs, wl), wl.dtype)
+
+
+@pytest.mark.parametrize("name, wl", SEPARABLE, ids=[name for name, _ in SEPARABLE])
+def test_every_design_space_matches_the_reference(name, wl, rng):
+    spaces = _spaces(wl)
+    assert len(spaces) == 2, "NHWC separable has the two-stage and the fused structure"
+    assert str(spaces[0].trace) == str(build.hand_schedule(wl, TARGET).trace), \
+        "the first space is the hand-written schedule"
+    for space in spaces:
+        _check(space, wl, rng)
+        # The same structure with sizes drawn as the search draws them.
+        resampled = s_tir.Schedule(build.workload_module(wl), seed=int(rng.integers(1 << 30)))
+        Trace(space.trace.insts, {}).apply_to_schedule(resampled, remove_postproc=False)
+        _check(resampled, wl, rng)
+
+
+def test_fused_space_keeps_only_one_row_of_the_intermediate():
+    """The point of fusing: the depthwise result lives in a one-row buffer."""
+    wl = SEPARABLE[0][1]
+    fused = _spaces(wl)[1]
+    passes = tvm.s_tir.transform
+    lower = tvm.transform.Sequential([passes.LowerInitBlock(), passes.PlanAndUpdateBufferAllocationLocation(),
+                                      passes.ConvertBlocksToOpaque(), passes.CompactBufferAllocation()])
+    text = lower(fused.mod).script()
+    assert f"depthwise = T.sblock_alloc_buffer((1, 1, {wl.out_width}, {wl.mid_channels})" in text, text
+    two_stage = _spaces(wl)[0].mod.script()
+    assert f"({wl.batch}, {wl.out_height}, {wl.out_width}, {wl.mid_channels})" in two_stage
+
+
+def test_other_layouts_and_ops_have_one_space():
+    nchw = next(wl for _, wl in matrix() if wl.op == "separable" and wl.layout == "NCHW")
+    depthwise = next(wl for _, wl in matrix() if wl.op == "depthwise")
+    assert len(_spaces(nchw)) == 1 and len(_spaces(depthwise)) == 1

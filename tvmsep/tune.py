@@ -2,7 +2,8 @@
 
 For each workload, one job:
 
-1. measures the hand-written schedule (it is a record like any other);
+1. measures the hand-written schedule (it is a record like any other, the
+   first) and each structural alternative at the hand-written sizes;
 2. searches two spaces with meta-schedule's evolutionary search and XGBoost
    cost model: the hand-written schedule's own knobs (`ScheduleFn` over
    `schedules.<kind>.design_spaces`: the hand-written schedule, whose default

@@ -48,7 +48,7 @@ from tvmsep.spec import Workload
 
 from .common import accumulator, has_block, loop_depth, store_once
 
-__all__ = ["VERSION", "schedule", "schedule_fused", "design_spaces", "vector_lanes"]
+__all__ = ["VERSION", "schedule", "design_spaces", "vector_lanes"]
 
 # Bump when a change here should invalidate compiled modules in user caches
 # (the cache key also hashes this file's source).
@@ -143,13 +143,13 @@ def design_spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_t
     spaces = [sch]
     if wl.op == "separable" and wl.layout == "NHWC":
         fused = sch.copy()
-        schedule_fused(fused, wl, target)
+        _schedule_fused(fused, wl, target)
         spaces.append(fused)
     schedule(sch, wl, target)
     return spaces
 
 
-def schedule_fused(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
+def _schedule_fused(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
     """NHWC separable with the depthwise computed per output row inside the pointwise (see design_spaces)."""
     lanes = vector_lanes(target, wl.dtype)
     rows = _pointwise(sch, wl, lanes, _parallel(wl, target), fused=True)

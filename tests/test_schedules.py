@@ -10,6 +10,7 @@ from tvm.s_tir.schedule import Trace
 from tvmsep import build
 from tvmsep.matrix import matrix
 from tvmsep.reference import separable_reference
+from tvmsep.runtime import Kernel
 from tvmsep.schedules import llvm
 from tvmsep.spec import separable_workload
 from tvmsep.target import host_target
@@ -31,9 +32,8 @@ def _spaces(wl):
 def _check(sch, wl, rng):
     inputs = [rng.standard_normal(shape).astype(wl.dtype) for shape in wl.arg_shapes]
     out = np.full(wl.output_shape, np.nan, wl.dtype)
-    kernel = build.compile_scheduled(sch.mod, TARGET).mod["main"]
-    kernel(*[tvm.runtime.tensor(a) for a in inputs], out_tensor := tvm.runtime.tensor(out))
-    assert_close(out_tensor.numpy(), separable_reference(*inputs, wl), wl.dtype)
+    Kernel(wl, build.compile_scheduled(sch.mod, TARGET).mod["main"], "test").run(inputs, out)
+    assert_close(out, separable_reference(*inputs, wl), wl.dtype)
 
 
 @pytest.mark.parametrize("name, wl", SEPARABLE, ids=[name for name, _ in SEPARABLE])

@@ -123,6 +123,16 @@ def test_non_contiguous_and_nested_lists(rng):
     assert_close(nested, depthwise_reference(x, f, wl), "float64")
 
 
+def test_read_only_inputs(rng):
+    """Weights loaded from a file or a bytes buffer are read-only; numpy's DLPack export refuses those."""
+    x = _random(rng, (1, 9, 9, 4), "float32")
+    f = np.frombuffer(_random(rng, (3, 3, 4, 2), "float32").tobytes(), np.float32).reshape(3, 3, 4, 2)
+    p = np.frombuffer(_random(rng, (1, 1, 8, 3), "float32").tobytes(), np.float32).reshape(1, 1, 8, 3)
+    x.flags.writeable = False
+    wl = separable_workload(x.shape, x.dtype, f.shape, f.dtype, p.shape, p.dtype, [1, 1, 1, 1], "SAME")
+    assert_close(tvmsep.separable_conv2d(x, f, p, [1, 1, 1, 1], "SAME"), separable_reference(x, f, p, wl), "float32")
+
+
 def test_misaligned_arrays_are_used_in_place(rng):
     raw = _random(rng, (1 + 8 * 8 * 16,), "float32")
     x = raw[1:].reshape(1, 8, 8, 16)  # 4 bytes past an allocation: not vector-aligned

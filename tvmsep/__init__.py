@@ -21,11 +21,13 @@ __all__ = ["depthwise_conv2d", "separable_conv2d", "load", "__version__"]
 def __getattr__(name: str):
     if name in ("depthwise_conv2d", "separable_conv2d"):
         from . import ops
-        return getattr(ops, name)
-    if name == "load":
-        from .bundle import load
-        return load
-    raise AttributeError(f"module 'tvmsep' has no attribute {name!r}")
+        value = getattr(ops, name)
+    elif name == "load":
+        from .bundle import load as value
+    else:
+        raise AttributeError(f"module 'tvmsep' has no attribute {name!r}")
+    globals()[name] = value  # later lookups are plain attribute reads, not calls of this function
+    return value
 
 
 def __dir__() -> list[str]:

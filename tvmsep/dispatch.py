@@ -47,7 +47,7 @@ class Dispatcher:
         inputs = [a for a, _ in converted]
         home = converted[0][1]
         try:
-            memo_key = (op, tuple((a.shape, a.dtype) for a in inputs), _freeze(options), _freeze(target))
+            memo_key = (op, *[(a.shape, a.dtype) for a in inputs], _freeze(options), _freeze(target))
         except TypeError:
             memo_key = None  # an unhashable argument: validate it the long way (spec raises if it is wrong)
         hit = self._memo.get(memo_key) if memo_key is not None else None
@@ -80,16 +80,21 @@ class Dispatcher:
                     (strides, padding, rate, name, data_format, dilations), target, out)
 
 
+# Values that stand for themselves in a memo key: no two of them of different
+# types compare equal (bool, which equals 0 or 1, is not among them).
+_PLAIN = frozenset({int, str, type(None)})
+
+
 def _freeze(value: Any) -> Any:
     """A hashable stand-in for an argument value (lists become tuples).
 
     Types are kept for scalars so that, e.g., 2 and 2.0 never share a memo entry.
     """
     kind = type(value)
-    if kind is list or kind is tuple:  # ints (most of the arguments) stand for themselves
-        return tuple(v if type(v) is int else _freeze(v) for v in value)
-    if kind is str or value is None:
+    if kind in _PLAIN:
         return value
+    if kind is list or kind is tuple:
+        return tuple([v if type(v) in _PLAIN else _freeze(v) for v in value])
     if isinstance(value, np.ndarray):
         return ("ndarray", value.dtype.str, value.shape, value.tobytes())
     if isinstance(value, tvm.target.Target):

@@ -147,6 +147,16 @@ def _device_output(fn: str, out: Any, wl: Workload, inputs: Sequence[Array]) -> 
     return tensor
 
 
+def _host_input(a: np.ndarray) -> np.ndarray:
+    """`a` itself when the kernel can read it in place, else a C-contiguous copy: the
+    compiled code takes compact arrays only, and numpy's DLPack export refuses
+    read-only ones (its DLPack version cannot mark them read-only)."""
+    flags = a.flags
+    if flags.c_contiguous and flags.writeable:
+        return a
+    return np.array(a, order="C")
+
+
 def _nbytes(tensor: tvm_ffi.Tensor) -> int:
     return int(np.prod(tensor.shape)) * np.dtype(str(tensor.dtype)).itemsize
 
@@ -186,11 +196,9 @@ class Kernel:
             if not isinstance(a, np.ndarray):
                 raise ValueError(f"this kernel runs on {self.device}; the arrays must be on the CPU, "
                                  f"got one on {a.device}")
-        wl = self.workload
         if out is None:
-            out = np.empty(wl.output_shape, wl.dtype)
-        args = [tvm_ffi.from_dlpack(a if a.flags.c_contiguous else np.ascontiguousarray(a)) for a in inputs]
-        self._function(*args, tvm_ffi.from_dlpack(out))
+            out = np.empty(self.workload.output_shape, self.workload.dtype)
+        self._function(*map(_host_input, inputs), out)  # numpy crosses by DLPack, without a copy
         return out
 
     def _run_on_gpu(self, inputs: Sequence[Array], out: Array | None, home: Home) -> Array:

@@ -15,6 +15,7 @@ TF's SAME rule (`tf.nn` padding docs), per spatial dimension:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 from typing import Any, Sequence
 
@@ -94,7 +95,7 @@ class Workload:
     def pointwise_shape(self) -> tuple[int, int, int, int]:
         return (1, 1, self.mid_channels, self.out_channels)
 
-    @property
+    @functools.cached_property  # every call of an op reads it
     def output_shape(self) -> tuple[int, int, int, int]:
         return self._nd(self.out_channels, self.out_height, self.out_width)
 

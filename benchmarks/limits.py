@@ -8,6 +8,7 @@ this AMD CPU and reach about half of it; their GEMM speed is reported beside it.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -17,10 +18,11 @@ from tvm import s_tir, te
 
 from tvmsep.build import compile_scheduled
 from tvmsep.schedules.llvm import vector_lanes
+from tvmsep.spec import Workload
 from tvmsep.target import host_target
 from tvmsep.threads import usable_cores
 
-__all__ = ["median_seconds", "copy_bandwidth_gbs", "fma_peak_gflops", "blas_gflops", "copy_ms"]
+__all__ = ["median_seconds", "copy_bandwidth_gbs", "fma_peak_gflops", "blas_gflops", "copy_ms", "compulsory_bytes"]
 
 # Independent accumulators per core: FMA latency (4 cycles) x 2 pipes, plus slack.
 CHAINS = 12
@@ -93,6 +95,15 @@ def copy_ms(nbytes: int) -> float:
     src = torch.ones(max(1, nbytes // 8))
     dst = torch.empty_like(src)
     return median_seconds(lambda: dst.copy_(src), 200) * 1e3
+
+
+def compulsory_bytes(wl: Workload) -> int:
+    """Bytes a kernel must move at the least: each tensor read or written once."""
+    item = np.dtype(wl.dtype).itemsize
+    shapes = [wl.input_shape, wl.filter_shape, wl.output_shape]
+    if wl.op == "separable":
+        shapes.append(wl.pointwise_shape)
+    return item * sum(math.prod(s) for s in shapes)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,17 @@ checked against tvmsep's result first, then timed call by call in one process,
 taking turns in blocks, in a random order each round, so drift and a previous
 library's spinning threads hit all of them alike. Medians in ms.
 tvmsep is called as users call it: numpy in, numpy out (and with `out=`).
+Beside each layer: what tvmsep's call achieves against this machine's peaks
+(limits.py), so it is clear how far each kernel is from the physical limit.
+
+Layers: the public list (MobileNetV1, MobileNetV2, batch 8, rate 2,
+multiplier 2), layers of other networks that were never tuned (`unseen`),
+and an 8x8x8 layer whose time is almost all per-call overhead.
 
     python benchmarks/peers.py [--repeats 200] [--threads 2] [--only v1_03,v2_01]
 
-Writes benchmarks/results/<cpu>-<date>.md and prints the same table.
+Writes benchmarks/results/cpu-<mcpu>.md and a plot of the ratios beside it
+(.png), and prints the table.
 """
 
 from __future__ import annotations
@@ -33,8 +40,13 @@ from tvmsep.networks import Layer, network
 from tvmsep.spec import Workload
 from tvmsep.target import host_target
 
+from limits import compulsory_bytes, copy_bandwidth_gbs, fma_peak_gflops
+
 PEERS = ("ort", "torch", "torch_cl", "tf")
 BASELINES = ("ort", "torch", "torch_cl")  # "best peer" is the fastest of these
+TINY = Layer("tiny_8x8x8", 1, 8, 8, 1, 8)  # a kernel of well under a microsecond: the call is the cost
+GROUPS = {"v1": "MobileNetV1", "v2": "MobileNetV2", "extra": "batch 8 / rate 2 / multiplier 2",
+          "unseen": "other networks, never tuned", "tiny": "8x8x8, per-call overhead"}
 
 
 def _nchw_filter(layer: Layer, f: np.ndarray) -> np.ndarray:
@@ -179,6 +191,33 @@ def _machine() -> str:
     return f"{model} ({target.attrs['mcpu']}), {target.attrs['num-cores']} cores, {platform.system()}"
 
 
+def _group(layer: Layer) -> str:
+    if layer.name.startswith(("v1_", "v2_")):
+        return layer.name[:2]
+    if layer == TINY:
+        return "tiny"
+    return "unseen" if layer in network("unseen") else "extra"
+
+
+def _plot(ratios: dict[str, list[tuple[str, float]]], title: str, path: Path) -> None:
+    """Best peer / tvmsep per layer, one panel per op; above the line at 1.0, tvmsep wins."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(ratios), 1, figsize=(14, 4 * len(ratios)), squeeze=False)
+    for ax, (op, rows) in zip(axes[:, 0], ratios.items()):
+        names, values = zip(*rows)
+        ax.bar(range(len(values)), values, color=["tab:green" if v >= 1 else "tab:red" for v in values])
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(names)), names, rotation=70, fontsize=8)
+        ax.set_ylabel("best peer / tvmsep")
+        ax.set_title(f"{op}: geometric mean {_geomean(list(values)):.2f}x")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
@@ -202,28 +241,47 @@ def main() -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when TVM's pool starts, at the first kernel
 
-    layers = [layer for layer in network("public") if not args.only or layer.name in args.only.split(",")]
+    layers = [layer for layer in network("public") + network("unseen") + [TINY]
+              if not args.only or layer.name in args.only.split(",")]
     rng = np.random.default_rng(0)
+    bandwidth, gflops = copy_bandwidth_gbs(), fma_peak_gflops()
     columns = ("tvmsep", "tvmsep_out", "tvmsep_hand") + (PEERS if args.tf else PEERS[:-1])
-    lines = [f"| layer | op | shape | {' | '.join(columns)} | best peer / tvmsep |",
-             "|" + "---|" * (len(columns) + 4)]
+    lines = [f"| layer | op | shape | {' | '.join(columns)} | best peer / tvmsep | GFLOP/s (of peak) "
+             "| GB/s (of copy) |", "|" + "---|" * (len(columns) + 6)]
     ratios: dict[tuple[str, str], list[float]] = {}
+    plotted: dict[str, list[tuple[str, float]]] = {}
+    overhead = []
     for op in ("depthwise", "separable"):
         for layer in layers:
             wl, calls = _implementations(layer, op, args.threads, rng, args.tf)
             ms = _time(calls, args.repeats)
             ratio = min(ms[p] for p in BASELINES) / ms["tvmsep"]
-            group = layer.name.split("_")[0] if layer.name.startswith(("v1", "v2")) else "extra"
-            ratios.setdefault((op, group), []).append(ratio)
+            ratios.setdefault((op, _group(layer)), []).append(ratio)
+            if layer == TINY:
+                overhead.append(f"- {op}: tvmsep {ms['tvmsep'] * 1e3:.1f} us per call, ONNX Runtime "
+                                f"{ms['ort'] * 1e3:.1f} us, torch {ms['torch'] * 1e3:.1f} us")
+            else:
+                plotted.setdefault(op, []).append((layer.name, ratio))
+            achieved_gflops = wl.flops / ms["tvmsep"] / 1e6
+            achieved_gbs = compulsory_bytes(wl) / ms["tvmsep"] / 1e6
             row = f"| {layer.name} | {op} | {wl.describe().split(' ', 2)[2]} | " + \
-                  " | ".join(f"{ms[c]:.3f}" for c in columns) + f" | {ratio:.2f}x |"
+                  " | ".join(f"{ms[c]:.3f}" for c in columns) + f" | {ratio:.2f}x | " + \
+                  f"{achieved_gflops:.0f} ({achieved_gflops / gflops:.0%}) | " + \
+                  f"{achieved_gbs:.0f} ({achieved_gbs / bandwidth:.0%}) |"
             lines.append(row)
             print(row, flush=True)
     summary = ["", "Geometric mean of best peer (ORT, torch NCHW, torch channels_last) / tvmsep:", ""]
-    names = {"v1": "MobileNetV1", "v2": "MobileNetV2", "extra": "batch 8 / rate 2 / multiplier 2"}
     for (op, group), values in ratios.items():
-        summary.append(f"- {op}, {names[group]} ({len(values)} layers): {_geomean(values):.2f}x "
+        summary.append(f"- {op}, {GROUPS[group]} ({len(values)} layers): {_geomean(values):.2f}x "
                        f"(lowest {min(values):.2f}x)")
+    for op in ("depthwise", "separable"):
+        values = [r for (o, group), rs in ratios.items() if o == op and group != "tiny" for r in rs]
+        if values:
+            summary.append(f"- {op}, all layers above ({len(values)}): {_geomean(values):.2f}x "
+                           f"(lowest {min(values):.2f}x)")
+    if overhead:
+        summary += ["", "Per-call overhead (median time of the 8x8x8 layer, whose kernel takes well under "
+                        "a microsecond):", "", *overhead]
     versions = [f"tvmsep {tvmsep.__version__}", f"torch {torch.__version__}"]
     if args.tf:
         versions.append(f"tensorflow {tf.__version__}")
@@ -236,13 +294,19 @@ def main() -> int:
               "(the first 5 not counted) in a random order each round; "
               "tvmsep is NHWC numpy in/out, `tvmsep_out` passes `out=`; `tvmsep_hand` (with `out=`) is the "
               "hand-written schedule, which differs from tvmsep's where a tuned one is shipped; "
-              "ORT and torch get NCHW (torch_cl: channels_last), TF NHWC eager.", ""]
+              "ORT and torch get NCHW (torch_cl: channels_last), TF NHWC eager.",
+              f"- this machine's peaks, measured in the same run: FMA throughput {gflops:.0f} GFLOP/s, copy "
+              f"bandwidth {bandwidth:.0f} GB/s (`benchmarks/limits.py`); tvmsep's GFLOP/s and GB/s are those of "
+              "its user-facing call, counting each tensor read or written once (so a layer whose tensors stay "
+              "in cache can pass the copy bandwidth, which is measured on 512 MiB)", ""]
     report = "\n".join(header + lines + summary) + "\n"
     print("\n".join(summary))
     output = args.output or Path(__file__).parent / "results" / f"cpu-{host_target().attrs['mcpu']}.md"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(report)
-    print(f"\nwrote {output}")
+    _plot(plotted, f"best of ONNX Runtime and PyTorch / tvmsep, fp32, {args.threads} threads, {_machine()}",
+          output.with_suffix(".png"))
+    print(f"\nwrote {output} and {output.with_suffix('.png')}")
     return 0
 
 

@@ -21,24 +21,14 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
 import tvm_ffi
 
-from limits import blas_gflops, copy_bandwidth_gbs, copy_ms, fma_peak_gflops
+from limits import blas_gflops, compulsory_bytes, copy_bandwidth_gbs, copy_ms, fma_peak_gflops
 from tvmsep.build import workload_module
 from tvmsep.networks import network
-from tvmsep.spec import Workload
 from tvmsep.target import host_target
 from tvmsep.threads import usable_cores
 from tvmsep.tuning_log import log_folders, read_verdicts, target_folder_name
-
-
-def compulsory_bytes(wl: Workload) -> int:
-    item = np.dtype(wl.dtype).itemsize
-    shapes = [wl.input_shape, wl.filter_shape, wl.output_shape]
-    if wl.op == "separable":
-        shapes.append(wl.pointwise_shape)
-    return item * sum(math.prod(s) for s in shapes)
 
 
 def main() -> int:

@@ -86,10 +86,21 @@ def _extras() -> list[Layer]:
             Layer("mult2_56x64", 1, 56, 64, 1, 128, multiplier=2)]
 
 
+def _unseen() -> list[Layer]:
+    # Real layers of other networks, absent from the public list and never tuned: what a
+    # user brings. EfficientNet-B0 (Tan & Le 2019, Table 1): MBConv6 5x5 blocks, the
+    # stride-2 one of stage 3 and a stage-5 one; Xception (Chollet 2017, Fig. 5): a
+    # middle-flow separable convolution at 19x19x728 (299x299 input).
+    return [Layer("effb0_56x144_k5", 1, 56, 144, 2, 40, kernel=5),
+            Layer("effb0_14x672_k5", 1, 14, 672, 1, 112, kernel=5),
+            Layer("xception_19x728", 1, 19, 728, 1, 728)]
+
+
 NETWORKS = {
     "mobilenet_v1": _mobilenet_v1,
     "mobilenet_v2": _mobilenet_v2,
     "public": lambda: _mobilenet_v1() + _mobilenet_v2() + _extras(),
+    "unseen": _unseen,
 }
 
 

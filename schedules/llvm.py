@@ -26,9 +26,10 @@ Pointwise (separable's second stage) is a GEMM, [pixels, C*M] x [C*M, O]:
           acc[mi, :] += mid[mo*MR + mi, c] * w[c, oo*NR:+NR]
       out[mo*MR:+MR, oo*NR:+NR] = acc
 
-with the weights repacked per panel into [O/NR, C*M, NR] so the inner loop
-streams through them. For NCHW the roles flip: pixels are the vector axis
-and output channels are broadcast from the weights.
+reading the weights in place ([C*M, O]: one row of NR per step). Repacking them
+per panel, [O/NR, C*M, NR], cost more per call than it saved on every MobileNet
+layer tried. For NCHW the roles flip: pixels are the vector axis and output
+channels are broadcast from the weights.
 
 Padding is inlined into the depthwise loads; the zero test sits under
 `likely` so loop partitioning can drop it in the interior.

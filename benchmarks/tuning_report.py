@@ -21,14 +21,13 @@ import statistics
 import sys
 from pathlib import Path
 
-import tvm_ffi
 
 from limits import blas_gflops, compulsory_bytes, copy_bandwidth_gbs, copy_ms, fma_peak_gflops
 from tvmsep.build import workload_module
 from tvmsep.networks import network
 from tvmsep.target import host_target
 from tvmsep.threads import usable_cores
-from tvmsep.tuning_log import log_folders, read_verdicts, target_folder_name
+from tvmsep.tuning_log import log_folders, module_hash, read_verdicts, target_folder_name
 
 
 def main() -> int:
@@ -44,7 +43,7 @@ def main() -> int:
     for name in args.networks.split(","):
         for op in ("depthwise", "separable"):
             for wl in dict.fromkeys(layer.workload(op) for layer in network(name)):
-                verdict = verdicts.get(str(tvm_ffi.structural_hash(workload_module(wl))))
+                verdict = verdicts.get(module_hash(workload_module(wl)))
                 if verdict is None:
                     rows.append(f"| {name} | {wl.describe()} | not tuned | | | | | | |")
                     continue

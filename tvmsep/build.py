@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import tvm
-import tvm_ffi
 from tvm import s_tir
 from tvm.target import Target
 
 from .compute import prim_func
 from .spec import Workload
-from .tuning_log import log_folders, read_verdicts
+from .tuning_log import log_folders, module_hash, read_verdicts
 
 __all__ = ["workload_module", "tuned_trace", "hand_schedule", "scheduled_module", "compile_scheduled", "compile_module"]
 
@@ -52,7 +51,7 @@ def tuned_trace(wl: Workload, target: Target) -> Any | None:
         verdicts, described = _verdicts(folder)
         if wl.describe() not in described:
             continue  # the cheap test first: the hash needs the TE function built
-        shash = shash or str(tvm_ffi.structural_hash(workload_module(wl)))
+        shash = shash or module_hash(workload_module(wl))
         verdict = verdicts.get(shash)
         if verdict is not None:
             return verdict["trace"] if verdict["use"] == "tuned" else None

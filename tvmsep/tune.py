@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import tvm
-import tvm_ffi
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir import Schedule
@@ -42,7 +41,7 @@ from tvm.target import Target
 from .build import compile_scheduled, hand_schedule, schedules_for, workload_module
 from .spec import Workload
 from .target import resolve_target
-from .tuning_log import FAILED_SECONDS, TuningLog, record_seconds, target_folder_name
+from .tuning_log import FAILED_SECONDS, TuningLog, module_hash, record_seconds, target_folder_name
 
 __all__ = ["TuneOutcome", "tune", "format_table", "build_candidate", "make_builder", "make_runner"]
 
@@ -238,7 +237,7 @@ def tune(workloads: Sequence[Workload], *, target=None, trials: int = 64,
         hand_s, tuned_s, best = _verify(wl, target, log, workload, builder, runner)
         use = "tuned" if best is not None and tuned_s < hand_s else "hand"
         log.commit_verdict({
-            "workload": str(tvm_ffi.structural_hash(workload.mod)), "describe": wl.describe(),
+            "workload": module_hash(workload.mod), "describe": wl.describe(),
             "use": use, "hand_ms": hand_s * 1e3, "tuned_ms": tuned_s * 1e3, "trials": len(log.records(workload)),
             "trace": None if best is None else best.trace.as_json(remove_postproc=False),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -7,14 +7,12 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import tvm_ffi
-
 from .spec import Workload
 from .target import resolve_target
 from .build import workload_module
 from tvm.s_tir.meta_schedule.database import Workload as TVMWorkload
 
-from .tuning_log import FAILED_SECONDS, TuningLog, read_verdicts, record_seconds, target_folder_name
+from .tuning_log import FAILED_SECONDS, TuningLog, module_hash, read_verdicts, record_seconds, target_folder_name
 
 __all__ = ["plot_search"]
 
@@ -45,7 +43,7 @@ def plot_search(workloads: Sequence[Workload], log_dir: str | os.PathLike, path:
             best = min(best, t)
             curve.append(best)
         ax.plot(range(1, len(curve) + 1), curve, label="best so far, as logged")
-        verdict = verdicts.get(str(tvm_ffi.structural_hash(mod)))
+        verdict = verdicts.get(module_hash(mod))
         if verdict is not None:
             ax.axhline(verdict["hand_ms"], linestyle="--", color="gray", label="hand-written, side by side")
             if verdict["tuned_ms"] * 1e-3 < FAILED_SECONDS:

@@ -32,7 +32,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord
 from tvm.s_tir.meta_schedule.database import Workload as TVMWorkload
 
-__all__ = ["TuningLog", "record_seconds", "read_verdicts", "target_folder_name", "log_folders",
+__all__ = ["TuningLog", "module_hash", "record_seconds", "read_verdicts", "target_folder_name", "log_folders",
            "WORKLOAD_FILE", "RECORD_FILE", "VERDICT_FILE"]
 
 WORKLOAD_FILE = "database_workload.json"
@@ -40,6 +40,12 @@ RECORD_FILE = "database_tuning_record.json"
 VERDICT_FILE = "verdicts.json"
 # A failed candidate (build error, crash, timeout) is stored with this time, as TVM does.
 FAILED_SECONDS = 1e10
+
+
+def module_hash(mod: tvm.IRModule) -> str:
+    """A workload's key in the logs: its structural hash, as TVM writes it in
+    database_workload.json and as verdicts name their workload."""
+    return str(tvm_ffi.structural_hash(mod))
 
 
 def _plain(value: Any) -> Any:
@@ -158,7 +164,7 @@ class TuningLog(PyDatabase):
             self._records.setdefault(index, []).append(TuningRecord.from_json(record, workload))
 
     def _find(self, mod: tvm.IRModule) -> int | None:
-        for index in self._by_hash.get(str(tvm_ffi.structural_hash(mod)), []):
+        for index in self._by_hash.get(module_hash(mod), []):
             if tvm_ffi.structural_equal(self._workloads[index].mod, mod):
                 return index
         return None

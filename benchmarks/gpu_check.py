@@ -334,7 +334,7 @@ def time_layer(bundle: Any, entry_name: str, kernel: Any, device: Any, rng: np.r
 
 
 def geomean(values: list[float]) -> float:
-    return math.exp(statistics.fmean(math.log(v) for v in values)) if values else math.nan
+    return statistics.geometric_mean(values) if values else math.nan
 
 
 def render(name: str, peer: str, copy_gbs: float, matrix_size: int, rows: list[dict], failures: list[str],

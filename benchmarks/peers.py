@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import os
 import platform
 import random
@@ -219,7 +218,7 @@ def _plot(ratios: dict[str, list[tuple[str, float]]], title: str, path: Path) ->
 
 
 def _geomean(values: list[float]) -> float:
-    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+    return statistics.geometric_mean(values) if values else float("nan")
 
 
 def main() -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -56,7 +55,7 @@ def main() -> int:
                             f"{achieved_gflops:.0f} ({achieved_gflops / gflops:.0%}) | "
                             f"{achieved_gbs:.0f} ({achieved_gbs / bandwidth:.0%}) | "
                             f"{copy_ms(compulsory_bytes(wl)):.4f} |")
-    geomean = math.exp(statistics.fmean(math.log(s) for s in speedups)) if speedups else float("nan")
+    geomean = statistics.geometric_mean(speedups) if speedups else float("nan")
     report = "\n".join([
         f"# Tuning results, {target_folder_name(target)}", "",
         f"- date: {datetime.date.today()}; target: `{target}`",

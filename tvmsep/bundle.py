@@ -70,7 +70,7 @@ class Bundle:
         """Layer `name` on `arrays` (input, filter[, pointwise filter]): the public op's checks and
         results, with the strides, padding, rate and layout the layer was compiled with."""
         wl = self.kernel(name).workload
-        shapes = [wl.input_shape, wl.filter_shape] + ([wl.pointwise_shape] if wl.op == "separable" else [])
+        shapes = list(wl.arg_shapes)
         given = [tuple(getattr(a, "shape", np.shape(a))) for a in arrays]
         if given != shapes:
             raise ValueError(f"layer {name!r} ({wl.describe()}) takes arrays of shapes {shapes}, got {given}")

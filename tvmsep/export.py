@@ -93,6 +93,10 @@ def _cpu_flags(target: Any) -> list[str]:
     return sorted(flag for feature, flag in _CPU_FLAGS.items() if feature in features)
 
 
+_LAYER_FIELDS = frozenset({"name", "op", "input_shape", "filter_shape", "pointwise_shape", "strides", "padding",
+                           "rate", "data_format", "dtype"})
+
+
 def layers_from_file(path: str | Path) -> list[tuple[str, Workload]]:
     """Named workloads from a JSON list of layers written with the public API's fields:
 
@@ -112,10 +116,9 @@ def layers_from_file(path: str | Path) -> list[tuple[str, Workload]]:
     layers = []
     for i, spec in enumerate(specs):
         name = str(spec.get("name", f"layer{i}"))
-        known = {"name", "op", "input_shape", "filter_shape", "pointwise_shape", "strides", "padding", "rate",
-                 "data_format", "dtype"}
-        if set(spec) - known:
-            raise ValueError(f"{path}, layer {name!r}: unknown fields {sorted(set(spec) - known)}; known: {sorted(known)}")
+        if set(spec) - _LAYER_FIELDS:
+            raise ValueError(f"{path}, layer {name!r}: unknown fields {sorted(set(spec) - _LAYER_FIELDS)}; "
+                             f"known: {sorted(_LAYER_FIELDS)}")
         try:
             dtype = spec.get("dtype", "float32")
             op = spec.get("op", "separable" if "pointwise_shape" in spec else "depthwise")

@@ -256,6 +256,6 @@ def format_table(outcomes: Sequence[TuneOutcome]) -> str:
         lines.append(f"{o.workload.describe():<58} {o.hand_ms:9.4f} {o.tuned_ms:9.4f} {o.speedup:7.2f}x "
                      f"{o.trials:6d}  {o.use}")
     if outcomes:
-        geomean = math.exp(statistics.fmean(math.log(o.speedup) for o in outcomes))
+        geomean = statistics.geometric_mean(o.speedup for o in outcomes)
         lines.append(f"geometric-mean speed-up of the chosen schedules over hand-written: {geomean:.2f}x")
     return "\n".join(lines)

@@ -18,12 +18,14 @@ def has_block(sch: s_tir.Schedule, name: str) -> bool:
 def accumulator(sch: s_tir.Schedule, name: str) -> tuple:
     """(compute block, store block): accumulate in registers, store once per tile.
 
-    float16 already has an explicit `<name>_cast` stage that stores; otherwise
-    the accumulator is a local cache of the output.
+    A stage with an epilogue (`<name>_epilogue`: bias, activation) or float16
+    (`<name>_cast`) already has an explicit stage that stores; otherwise the
+    accumulator is a local cache of the output.
     """
     block = sch.get_sblock(name)
-    if has_block(sch, name + "_cast"):
-        return block, sch.get_sblock(name + "_cast")
+    for suffix in ("_epilogue", "_cast"):
+        if has_block(sch, name + suffix):
+            return block, sch.get_sblock(name + suffix)
     return block, sch.cache_write(block, 0, "local")
 
 

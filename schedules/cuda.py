@@ -16,7 +16,8 @@ Pointwise (separable's second stage) is a GEMM over channels: a block tile
 of pixels x output channels, K-slices of both operands staged in shared
 memory, and a register tile of outputs per thread.
 
-float16 computes and accumulates in float32 (the `_cast` stages store).
+float16 computes and accumulates in float32; the `_cast` and `_epilogue`
+stages (compute.py) store.
 """
 
 from __future__ import annotations

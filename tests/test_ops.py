@@ -1,6 +1,7 @@
 """The public ops against the float64 reference: random configurations, real layers, edge cases."""
 
 import os
+import re
 import threading
 
 import numpy as np
@@ -45,8 +46,17 @@ def configs(draw):
     stride_list = [1, *strides, 1] if layout == "NHWC" else [1, 1, *strides]
     rate_arg = draw(st.sampled_from([None, [rate, rate]])) if rate == 1 else [rate, rate]
     out_channels = draw(st.integers(1, 24))
+    # The optional epilogue, in about half of the examples.
+    activation = draw(st.sampled_from([None, None, "relu", "relu6"]))
+    bias = draw(st.booleans())
     return dict(x_shape=x_shape, f_shape=(kh, kw, c, m), p_shape=(1, 1, c * m, out_channels),
-                strides=stride_list, padding=padding, rate=rate_arg, data_format=layout, dtype=dtype)
+                strides=stride_list, padding=padding, rate=rate_arg, data_format=layout, dtype=dtype,
+                activation=activation, bias=bias)
+
+
+def _bias(rng, cfg, channels):
+    """A bias of `channels` values scaled to move results across relu6's 0 and 6, or None."""
+    return (3 * rng.standard_normal(channels)).astype(cfg["dtype"]) if cfg["bias"] else None
 
 
 def _random(rng, shape, dtype):
@@ -63,13 +73,16 @@ def test_depthwise_matches_reference(cfg, use_out):
     rng = np.random.default_rng()
     x, f = _random(rng, cfg["x_shape"], cfg["dtype"]), _random(rng, cfg["f_shape"], cfg["dtype"])
     x_before, f_before = x.copy(), f.copy()
+    bias = _bias(rng, cfg, f.shape[2] * f.shape[3])
     args = (cfg["strides"], cfg["padding"])
     kwargs = dict(rate=cfg["rate"], data_format=cfg["data_format"])
-    wl = depthwise_workload(x.shape, x.dtype, f.shape, f.dtype, *args, **kwargs)
+    epilogue = dict(activation=cfg["activation"])
+    wl = depthwise_workload(x.shape, x.dtype, f.shape, f.dtype, *args, **kwargs, **epilogue,
+                            bias=None if bias is None else (bias.shape, bias.dtype))
     out = _poisoned(wl.output_shape, cfg["dtype"]) if use_out else None
-    y = tvmsep.depthwise_conv2d(x, f, *args, **kwargs, out=out)
+    y = tvmsep.depthwise_conv2d(x, f, *args, **kwargs, **epilogue, bias=bias, out=out)
     assert y.dtype == x.dtype and (out is None or y is out)
-    assert_close(y, depthwise_reference(x, f, wl), cfg["dtype"])
+    assert_close(y, depthwise_reference(x, f, wl, bias), cfg["dtype"])
     np.testing.assert_array_equal(x, x_before)
     np.testing.assert_array_equal(f, f_before)
 
@@ -79,12 +92,14 @@ def test_depthwise_matches_reference(cfg, use_out):
 def test_separable_matches_reference(cfg):
     rng = np.random.default_rng()
     x, f, p = (_random(rng, cfg[k], cfg["dtype"]) for k in ("x_shape", "f_shape", "p_shape"))
+    bias = _bias(rng, cfg, p.shape[3])
     args = (cfg["strides"], cfg["padding"])
-    kwargs = dict(dilations=cfg["rate"], data_format=cfg["data_format"])
-    wl = separable_workload(x.shape, x.dtype, f.shape, f.dtype, p.shape, p.dtype, *args, **kwargs)
+    kwargs = dict(dilations=cfg["rate"], data_format=cfg["data_format"], activation=cfg["activation"])
+    wl = separable_workload(x.shape, x.dtype, f.shape, f.dtype, p.shape, p.dtype, *args, **kwargs,
+                            bias=None if bias is None else (bias.shape, bias.dtype))
     out = _poisoned(wl.output_shape, cfg["dtype"])
-    tvmsep.separable_conv2d(x, f, p, *args, **kwargs, out=out)
-    assert_close(out, separable_reference(x, f, p, wl), cfg["dtype"])
+    tvmsep.separable_conv2d(x, f, p, *args, **kwargs, bias=bias, out=out)
+    assert_close(out, separable_reference(x, f, p, wl, bias), cfg["dtype"])
 
 
 @pytest.mark.parametrize("layer", network("public"), ids=lambda layer: layer.name)
@@ -96,6 +111,40 @@ def test_public_layers(layer, rng):
     assert_close(dw, depthwise_reference(x, f, layer.workload("depthwise")), "float32")
     sep = tvmsep.separable_conv2d(x, f, p, layer.strides, layer.padding, rate)
     assert_close(sep, separable_reference(x, f, p, wl), "float32")
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_epilogue_clamps_where_the_reference_does(layout, rng):
+    """relu6 with a bias on a real layer: results on both clamps and between, each one as the
+    reference has it; the same arrays without the epilogue give the plain convolution."""
+    wl = network("mobilenet_v1")[1].workload("separable")
+    shapes = (wl.input_shape, wl.filter_shape, wl.pointwise_shape)
+    if layout == "NCHW":
+        shapes = ((wl.batch, wl.in_channels, wl.in_height, wl.in_width), *shapes[1:])
+    x, f, p = (_random(rng, s, "float32") for s in shapes)
+    bias = _random(rng, (wl.out_channels,), "float32")
+    strides = [1, wl.stride_h, wl.stride_w, 1] if layout == "NHWC" else [1, 1, wl.stride_h, wl.stride_w]
+    plain = tvmsep.separable_conv2d(x, f, p, strides, "SAME", data_format=layout)
+    y = tvmsep.separable_conv2d(x, f, p, strides, "SAME", data_format=layout, bias=bias, activation="relu6")
+    channels = (1, -1) + (1, 1) if layout == "NCHW" else (-1,)
+    expected = np.clip(plain.astype(np.float64) + bias.reshape(channels), 0, 6)
+    assert (expected == 0).mean() > 0.1 and (expected == 6).mean() > 0.1 and ((0 < expected) & (expected < 6)).any()
+    assert_close(y, expected, "float32")
+    relu = tvmsep.separable_conv2d(x, f, p, strides, "SAME", data_format=layout, activation="relu")
+    assert_close(relu, np.maximum(plain, 0), "float32")
+    assert (plain < 0).any(), "the memo must not hand the epilogue's kernel to a plain call"
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(activation="gelu"), ValueError, "`activation` must be None, 'relu' or 'relu6'"),
+    (dict(bias=np.zeros(3, np.float32)), ValueError, "`bias` must have shape [8]"),
+    (dict(bias=np.zeros(8, np.float64)), TypeError, "`bias` has dtype float64"),
+    (dict(bias=np.zeros((8, 1), np.float32)), ValueError, "`bias` must be 1-D"),
+])
+def test_bad_epilogue(kwargs, error, words, rng):
+    x, f = _random(rng, (1, 5, 5, 4), "float32"), _random(rng, (3, 3, 4, 2), "float32")
+    with pytest.raises(error, match=re.escape(words)):
+        tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", **kwargs)
 
 
 def test_empty_batch_gives_empty_result(rng):

@@ -84,12 +84,31 @@ def test_idempotent_and_hashable():
     (dict(x=(1, 0, 8, 4)), ValueError, "positive height, width and channels"),
     (dict(f=(0, 3, 4, 1)), ValueError, "must be positive"),
     (dict(name=3), TypeError, "`name` must be a string"),
+    (dict(activation="relu7"), ValueError, "`activation` must be None, 'relu' or 'relu6'"),
+    (dict(activation=["relu"]), ValueError, "`activation` must be None, 'relu' or 'relu6'"),
+    (dict(bias=((8,), "float32")), ValueError, "`bias` must have shape [4]"),
+    (dict(bias=((1, 4), "float32")), ValueError, "`bias` must be 1-D"),
+    (dict(bias=((4,), "float64")), TypeError, "`bias` has dtype float64 but `input` has float32"),
 ])
 def test_rejects(kwargs, error, words):
     with pytest.raises(error) as info:
         dw(**kwargs)
     assert words in str(info.value)
     assert "depthwise_conv2d" in str(info.value)
+
+
+def test_epilogue_fields():
+    wl = dw(f=(3, 3, 4, 2), bias=((8,), "float32"), activation="relu6")
+    assert wl.bias and wl.activation == "relu6" and wl.arg_shapes[-1] == (8,)
+    assert "+bias relu6" in wl.describe()
+    assert wl != dw(f=(3, 3, 4, 2)) and wl != dw(f=(3, 3, 4, 2), bias=((8,), "float32"), activation="relu")
+    sep = separable_workload((1, 8, 8, 4), "float32", (3, 3, 4, 1), "float32", (1, 1, 4, 5), "float32",
+                             [1, 1, 1, 1], "SAME", bias=((5,), "float32"))
+    assert sep.arg_shapes == ((1, 8, 8, 4), (3, 3, 4, 1), (1, 1, 4, 5), (5,))
+    # A workload without an epilogue writes the same JSON (cache keys, bundles) as before there was one.
+    assert "bias" not in dw().to_json() and "activation" not in dw().to_json()
+    for workload in (wl, sep, dw()):
+        assert type(workload).from_json(workload.to_json()) == workload
 
 
 @pytest.mark.parametrize("pointwise, words", [

@@ -5,17 +5,23 @@ Every stage and reduce axis is named so schedules can fetch blocks by name:
     pad        zero-padded input (schedules inline it)
     depthwise  the KxK per-channel convolution
     pointwise  the 1x1 channel mix of separable (a GEMM over channels)
+    <stage>_epilogue  bias and activation on the op's last stage, then the
+               rounding to the output dtype; `<stage>_cast` when only the
+               rounding (float16). Either is the stage that stores the output.
 
 Shapes, in `Workload.layout` order:
 
     input            NHWC [N, H, W, C]            NCHW [N, C, H, W]
     filter           [KH, KW, C, M]               (TF's layout in both)
     pointwise_filter [1, 1, C*M, O]
+    bias             [out channels]               (optional)
     depthwise out    NHWC [N, OH, OW, C*M]        NCHW [N, C*M, OH, OW]
     separable out    NHWC [N, OH, OW, O]          NCHW [N, O, OH, OW]
 
 Output channel `k*M + q` reads input channel `k` and filter `[:, :, k, q]`.
-float16 accumulates in float32 and rounds once per stage, as TF does.
+float16 accumulates in float32 and rounds once per stage, as TF does; the
+epilogue works on the float32 accumulator, so bias and activation add no
+rounding of their own.
 """
 
 from __future__ import annotations
@@ -53,7 +59,30 @@ def _pad(x: te.Tensor, wl: Workload) -> te.Tensor:
     return te.compute(shape, padded, name="pad")
 
 
-def depthwise_compute(x: te.Tensor, f: te.Tensor, wl: Workload) -> te.Tensor:
+def _store(acc: te.Tensor, wl: Workload, bias: te.Tensor | None, last: bool) -> te.Tensor:
+    """The stage that writes a result from its accumulator `acc`: for the op's `last`
+    stage, bias and activation, then the rounding to `wl.dtype`; else the rounding alone."""
+    name = acc.op.name
+    if not (last and (wl.bias or wl.activation)):
+        if acc.dtype == wl.dtype:
+            return acc
+        return te.compute(acc.shape, lambda *idx: acc[idx].astype(wl.dtype), name=name + "_cast")
+    channel_axis = 3 if wl.layout == "NHWC" else 1
+
+    def body(*idx):
+        value = acc[idx]
+        if bias is not None:
+            value = value + bias[idx[channel_axis]].astype(acc.dtype)
+        if wl.activation in ("relu", "relu6"):
+            value = tirx.max(value, tirx.const(0, acc.dtype))
+        if wl.activation == "relu6":
+            value = tirx.min(value, tirx.const(6, acc.dtype))
+        return value.astype(wl.dtype)
+
+    return te.compute(acc.shape, body, name=name + "_epilogue")
+
+
+def depthwise_compute(x: te.Tensor, f: te.Tensor, wl: Workload, bias: te.Tensor | None = None) -> te.Tensor:
     """out[b, i, j, k*M+q] = sum_{di,dj} f[di,dj,k,q] * x[b, s*i + r*di - pad, s*j + r*dj - pad, k]."""
     padded = _pad(x, wl) if wl.pad_top + wl.pad_bottom + wl.pad_left + wl.pad_right else x
     acc = accumulation_dtype(wl.dtype)
@@ -73,13 +102,10 @@ def depthwise_compute(x: te.Tensor, f: te.Tensor, wl: Workload) -> te.Tensor:
         body = lambda b, i, j, c: te.sum(tap(b, c, i, j), axis=[di, dj])  # noqa: E731
     else:
         body = lambda b, c, i, j: te.sum(tap(b, c, i, j), axis=[di, dj])  # noqa: E731
-    out = te.compute(shape, body, name="depthwise")
-    if acc != wl.dtype:
-        out = te.compute(shape, lambda *idx: out[idx].astype(wl.dtype), name="depthwise_cast")
-    return out
+    return _store(te.compute(shape, body, name="depthwise"), wl, bias, last=wl.op == "depthwise")
 
 
-def _pointwise(mid: te.Tensor, p: te.Tensor, wl: Workload) -> te.Tensor:
+def _pointwise(mid: te.Tensor, p: te.Tensor, wl: Workload, bias: te.Tensor | None) -> te.Tensor:
     """out[b, i, j, o] = sum_c mid[b, i, j, c] * p[0, 0, c, o]."""
     acc = accumulation_dtype(wl.dtype)
     c = te.reduce_axis((0, wl.mid_channels), name="c")
@@ -89,25 +115,25 @@ def _pointwise(mid: te.Tensor, p: te.Tensor, wl: Workload) -> te.Tensor:
     else:
         shape = (wl.batch, wl.out_channels, wl.out_height, wl.out_width)
         body = lambda b, o, i, j: te.sum(mid[b, c, i, j].astype(acc) * p[0, 0, c, o].astype(acc), axis=c)  # noqa: E731
-    out = te.compute(shape, body, name="pointwise")
-    if acc != wl.dtype:
-        out = te.compute(shape, lambda *idx: out[idx].astype(wl.dtype), name="pointwise_cast")
-    return out
+    return _store(te.compute(shape, body, name="pointwise"), wl, bias, last=True)
 
 
-def separable_compute(x: te.Tensor, f: te.Tensor, p: te.Tensor, wl: Workload) -> te.Tensor:
-    """Depthwise, then the 1x1 pointwise mix; the intermediate is a separate stage (unfused)."""
-    return _pointwise(depthwise_compute(x, f, wl), p, wl)
+def separable_compute(x: te.Tensor, f: te.Tensor, p: te.Tensor, wl: Workload,
+                      bias: te.Tensor | None = None) -> te.Tensor:
+    """Depthwise, then the 1x1 pointwise mix; the intermediate is a separate stage (unfused)
+    and the epilogue applies to the pointwise result only."""
+    return _pointwise(depthwise_compute(x, f, wl), p, wl, bias)
 
 
 def prim_func(wl: Workload) -> "tirx.PrimFunc":
     """The unscheduled PrimFunc for `wl`: args are the inputs in call order, then the output."""
-    names = ("input", "filter", "pointwise_filter")
+    names = ("input", "filter") + (("pointwise_filter",) if wl.op == "separable" else ()) + ("bias",)
     args = [te.placeholder(shape, wl.dtype, name=n) for n, shape in zip(names, wl.arg_shapes)]
+    bias = args[-1] if wl.bias else None
     if wl.op == "depthwise":
-        out = depthwise_compute(args[0], args[1], wl)
+        out = depthwise_compute(args[0], args[1], wl, bias)
     else:
-        out = separable_compute(args[0], args[1], args[2], wl)
+        out = separable_compute(args[0], args[1], args[2], wl, bias)
     func = te.create_prim_func([*args, out]).with_attr("global_symbol", "main")
     return _element_aligned(func, wl.dtype)
 

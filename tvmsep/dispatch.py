@@ -67,17 +67,23 @@ class Dispatcher:
 
 
     def depthwise(self, input: Any, filter: Any, strides: Any, padding: Any, rate: Any, name: Any,
-                  data_format: Any, dilations: Any, target: Any, out: Any) -> Any:
+                  data_format: Any, dilations: Any, bias: Any, activation: Any, target: Any, out: Any) -> Any:
         """`depthwise_conv2d`'s arguments, in its order, named as its errors name them."""
-        return self("depthwise", (("input", input), ("filter", filter)),
-                    (strides, padding, rate, name, data_format, dilations), target, out)
+        return self("depthwise", _arrays(("input", input), ("filter", filter), bias=bias),
+                    (strides, padding, rate, name, data_format, dilations, activation), target, out)
 
     def separable(self, input: Any, depthwise_filter: Any, pointwise_filter: Any, strides: Any, padding: Any,
-                  rate: Any, name: Any, data_format: Any, dilations: Any, target: Any, out: Any) -> Any:
+                  rate: Any, name: Any, data_format: Any, dilations: Any, bias: Any, activation: Any,
+                  target: Any, out: Any) -> Any:
         """`separable_conv2d`'s arguments, in its order, named as its errors name them."""
-        return self("separable", (("input", input), ("depthwise_filter", depthwise_filter),
-                                  ("pointwise_filter", pointwise_filter)),
-                    (strides, padding, rate, name, data_format, dilations), target, out)
+        return self("separable", _arrays(("input", input), ("depthwise_filter", depthwise_filter),
+                                         ("pointwise_filter", pointwise_filter), bias=bias),
+                    (strides, padding, rate, name, data_format, dilations, activation), target, out)
+
+
+def _arrays(*named: tuple[str, Any], bias: Any) -> tuple[tuple[str, Any], ...]:
+    """The named arrays of a call, the bias last when there is one."""
+    return named if bias is None else (*named, ("bias", bias))
 
 
 # Values that stand for themselves in a memo key: no two of them of different
@@ -116,11 +122,11 @@ class _EmptyBatch:
 
 
 def _workload(op: str, inputs: list[runtime.Array], options: tuple) -> Workload:
-    strides, padding, rate, name, data_format, dilations = options
-    if op == "depthwise":
-        x, f = inputs
-        return depthwise_workload(x.shape, x.dtype, f.shape, f.dtype, strides, padding, rate, name,
-                                  data_format, dilations)
-    x, f, p = inputs
-    return separable_workload(x.shape, x.dtype, f.shape, f.dtype, p.shape, p.dtype, strides, padding, rate,
-                              name, data_format, dilations)
+    """The inputs are in call order, the bias (when given) last."""
+    *options, activation = options
+    weights = 1 if op == "depthwise" else 2
+    x, *filters = inputs[:1 + weights]
+    bias = (inputs[-1].shape, inputs[-1].dtype) if len(inputs) > 1 + weights else None
+    shapes = [v for a in filters for v in (a.shape, a.dtype)]
+    make = depthwise_workload if op == "depthwise" else separable_workload
+    return make(x.shape, x.dtype, *shapes, *options, bias=bias, activation=activation)

@@ -12,7 +12,8 @@ import numpy as np
 
 from .spec import Workload
 
-__all__ = ["depthwise_reference", "separable_reference", "TOLERANCE", "scaled_error"]
+__all__ = ["depthwise_reference", "separable_reference", "epilogue_reference", "reference_for", "TOLERANCE",
+           "scaled_error"]
 
 # TF's test tolerances, relative to the output's scale (its largest magnitude, at least 1).
 TOLERANCE = {"float16": 4e-2, "float32": 1e-4, "float64": 1e-9}
@@ -31,8 +32,21 @@ def scaled_error(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(actual - expected).max()) / max(float(np.abs(expected).max()), 1.0)
 
 
-def depthwise_reference(x: np.ndarray, f: np.ndarray, wl: Workload) -> np.ndarray:
-    """output[b, i, j, k*M + q] = sum_{di,dj} f[di,dj,k,q] * x[b, s*i + r*di, s*j + r*dj, k] (padded)."""
+def epilogue_reference(y: np.ndarray, bias: np.ndarray | None, wl: Workload) -> np.ndarray:
+    """`wl`'s epilogue on the op's float64 result `y`: + bias per output channel, then the activation."""
+    if bias is not None:
+        shape = (-1, 1, 1) if wl.layout == "NCHW" else (-1,)
+        y = y + np.asarray(bias, np.float64).reshape(shape)
+    if wl.activation == "relu":
+        y = np.maximum(y, 0.0)
+    elif wl.activation == "relu6":
+        y = np.clip(y, 0.0, 6.0)
+    return y
+
+
+def depthwise_reference(x: np.ndarray, f: np.ndarray, wl: Workload, bias: np.ndarray | None = None) -> np.ndarray:
+    """output[b, i, j, k*M + q] = sum_{di,dj} f[di,dj,k,q] * x[b, s*i + r*di, s*j + r*dj, k] (padded),
+    then, for a depthwise workload, its epilogue (`bias`, activation)."""
     x = np.asarray(x, np.float64)
     f = np.asarray(f, np.float64)
     if wl.layout == "NCHW":
@@ -47,14 +61,25 @@ def depthwise_reference(x: np.ndarray, f: np.ndarray, wl: Workload) -> np.ndarra
                        col:col + (ow - 1) * wl.stride_w + 1:wl.stride_w, :]
             out += window[..., None] * f[di, dj]
     out = out.reshape(x.shape[0], oh, ow, wl.mid_channels)
-    return out if wl.layout == "NHWC" else out.transpose(0, 3, 1, 2)
+    out = out if wl.layout == "NHWC" else out.transpose(0, 3, 1, 2)
+    return epilogue_reference(out, bias, wl) if wl.op == "depthwise" else out
 
 
-def separable_reference(x: np.ndarray, f: np.ndarray, p: np.ndarray, wl: Workload) -> np.ndarray:
+def separable_reference(x: np.ndarray, f: np.ndarray, p: np.ndarray, wl: Workload,
+                        bias: np.ndarray | None = None) -> np.ndarray:
     """TF's separable: the depthwise result is a tensor of the workload's dtype
-    (rounded once, e.g. to float16) before the exact 1x1 mix."""
+    (rounded once, e.g. to float16) before the exact 1x1 mix; then the epilogue."""
     mid = depthwise_reference(x, f, wl).astype(wl.dtype).astype(np.float64)
     weights = np.asarray(p, np.float64)[0, 0]
     if wl.layout == "NHWC":
-        return mid @ weights
-    return np.einsum("nchw,co->nohw", mid, weights)
+        return epilogue_reference(mid @ weights, bias, wl)
+    return epilogue_reference(np.einsum("nchw,co->nohw", mid, weights), bias, wl)
+
+
+def reference_for(wl: Workload, arrays: list[np.ndarray]) -> np.ndarray:
+    """`wl`'s float64 result on `arrays`, given as its kernel takes them (`Workload.arg_shapes`)."""
+    weights = 1 if wl.op == "depthwise" else 2
+    inputs, bias = arrays[:1 + weights], (arrays[1 + weights] if wl.bias else None)
+    if wl.op == "depthwise":
+        return depthwise_reference(*inputs, wl, bias)
+    return separable_reference(*inputs, wl, bias)

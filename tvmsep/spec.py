@@ -22,12 +22,14 @@ from typing import Any, Sequence
 __all__ = [
     "Workload",
     "SUPPORTED_DTYPES",
+    "ACTIVATIONS",
     "same_padding",
     "depthwise_workload",
     "separable_workload",
 ]
 
 SUPPORTED_DTYPES = ("float16", "float32", "float64")
+ACTIVATIONS = ("relu", "relu6")  # tf.nn.relu: max(x, 0); tf.nn.relu6: min(max(x, 0), 6)
 LAYOUTS = ("NHWC", "NCHW")
 OPS = ("depthwise", "separable")
 # Extents and index arithmetic in the generated code are int32.
@@ -40,7 +42,10 @@ class Workload:
 
     Fields are in TF's vocabulary; pads are explicit and non-negative.
     `out_channels` is `in_channels * multiplier` for depthwise and the
-    pointwise filter's last dimension for separable.
+    pointwise filter's last dimension for separable. The optional epilogue
+    applies to the op's output (for separable, after the pointwise mix):
+    `bias` adds a per-output-channel vector, then `activation` (None or one
+    of ACTIVATIONS) is applied, before the single rounding to `dtype`.
     """
 
     op: str  # "depthwise" or "separable"
@@ -62,6 +67,8 @@ class Workload:
     pad_bottom: int
     pad_left: int
     pad_right: int
+    bias: bool = False
+    activation: str | None = None
 
     @property
     def mid_channels(self) -> int:
@@ -100,11 +107,18 @@ class Workload:
         return self._nd(self.out_channels, self.out_height, self.out_width)
 
     @property
-    def arg_shapes(self) -> tuple[tuple[int, int, int, int], ...]:
-        """Shapes of the kernel's inputs, in call order."""
-        if self.op == "depthwise":
-            return (self.input_shape, self.filter_shape)
-        return (self.input_shape, self.filter_shape, self.pointwise_shape)
+    def bias_shape(self) -> tuple[int]:
+        return (self.out_channels,)
+
+    @property
+    def arg_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Shapes of the kernel's inputs, in call order: input, filter[, pointwise filter][, bias]."""
+        shapes = [self.input_shape, self.filter_shape]
+        if self.op == "separable":
+            shapes.append(self.pointwise_shape)
+        if self.bias:
+            shapes.append(self.bias_shape)
+        return tuple(shapes)
 
     @property
     def flops(self) -> int:
@@ -134,15 +148,28 @@ class Workload:
             extra += f" r{self.dilation_h}"
         stride = self.stride_h if self.stride_h == self.stride_w else f"{self.stride_h},{self.stride_w}"
         kernel = self.kernel_h if self.kernel_h == self.kernel_w else f"{self.kernel_h}x{self.kernel_w}"
+        if self.bias:
+            extra += " +bias"
+        if self.activation:
+            extra += f" {self.activation}"
         op = "dw" if self.op == "depthwise" else "sep"
         return f"{op} {self.layout} {shape} k{kernel} s{stride}{extra} {self.dtype} -> {out}"
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields; the epilogue's only when set, so a workload without one has the
+        same JSON (cache keys, bundle manifests) as before the epilogue existed."""
+        fields = dataclasses.asdict(self)
+        for name in _EPILOGUE_FIELDS:
+            if fields[name] == _EPILOGUE_FIELDS[name]:
+                del fields[name]
+        return fields
 
     @classmethod
     def from_json(cls, fields: dict[str, Any]) -> "Workload":
         return cls(**fields)
+
+
+_EPILOGUE_FIELDS = {"bias": False, "activation": None}  # name -> default
 
 
 def same_padding(in_size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -246,16 +273,25 @@ def _spatial_strides(op: str, strides: Any, layout: str, sizes: tuple[int, int])
     return spatial
 
 
+def _activation(op: str, activation: Any) -> str | None:
+    if activation is not None and not (isinstance(activation, str) and activation in ACTIVATIONS):
+        raise ValueError(f"{op}: `activation` must be None, 'relu' or 'relu6', got {activation!r}")
+    return activation
+
+
 def _workload(op: str, input_shape: Sequence[int], input_dtype: Any, filter_shape: Sequence[int],
               filter_dtype: Any, strides: Any, padding: Any, rate: Any, data_format: Any,
-              dilations: Any, pointwise: tuple[Sequence[int], Any] | None, name: Any) -> Workload:
+              dilations: Any, pointwise: tuple[Sequence[int], Any] | None, name: Any,
+              bias: tuple[Sequence[int], Any] | None, activation: Any) -> Workload:
     if name is not None and not isinstance(name, str):
         raise TypeError(f"{op}: `name` must be a string or None, got {name!r}")
+    activation = _activation(op, activation)
     layout = _data_format(op, data_format)
     x_shape = _shape(op, "input", input_shape)
     f_shape = _shape(op, "filter", filter_shape)
     dtype = _dtype_name(op, "input", input_dtype)
-    dtypes = [("filter", filter_dtype)] + ([("pointwise_filter", pointwise[1])] if pointwise else [])
+    dtypes = [("filter", filter_dtype)] + ([("pointwise_filter", pointwise[1])] if pointwise else []) \
+        + ([("bias", bias[1])] if bias else [])
     for arg, other in dtypes:
         if _dtype_name(op, arg, other) != dtype:
             raise TypeError(f"{op}: `{arg}` has dtype {other} but `input` has {dtype}; they must match")
@@ -287,12 +323,15 @@ def _workload(op: str, input_shape: Sequence[int], input_dtype: Any, filter_shap
                              f"out_channels] (in_channels * channel_multiplier = {channels} * {multiplier}), "
                              f"got {p_shape}")
         out_channels = p_shape[3]
+    if bias is not None and _shape(op, "bias", bias[0], rank=1) != (out_channels,):
+        raise ValueError(f"{op}: `bias` must have shape [{out_channels}] (one value per output channel), "
+                         f"got {list(bias[0])}")
 
     wl = Workload(op="depthwise", layout=layout, dtype=dtype, batch=batch, in_height=height, in_width=width,
                   in_channels=channels, kernel_h=kh, kernel_w=kw, multiplier=multiplier,
                   out_channels=out_channels, stride_h=stride[0], stride_w=stride[1],
                   dilation_h=dil[0], dilation_w=dil[1], pad_top=top, pad_bottom=bottom,
-                  pad_left=left, pad_right=right)
+                  pad_left=left, pad_right=right, bias=bias is not None, activation=activation)
     if wl.out_height < 1 or wl.out_width < 1:
         raise ValueError(f"{op}: the dilated filter ({(kh - 1) * dil[0] + 1}x{(kw - 1) * dil[1] + 1}) is larger "
                          f"than the padded input ({height + top + bottom}x{width + left + right}); "
@@ -314,17 +353,22 @@ def _prod(shape: Sequence[int]) -> int:
 
 def depthwise_workload(input_shape: Sequence[int], input_dtype: Any, filter_shape: Sequence[int],
                        filter_dtype: Any, strides: Any, padding: Any, rate: Any = None,
-                       name: Any = None, data_format: Any = None, dilations: Any = None) -> Workload:
-    """Validate `tf.nn.depthwise_conv2d` arguments (by shape and dtype) into a Workload."""
+                       name: Any = None, data_format: Any = None, dilations: Any = None, *,
+                       bias: tuple[Sequence[int], Any] | None = None, activation: Any = None) -> Workload:
+    """Validate `tf.nn.depthwise_conv2d` arguments (by shape and dtype) into a Workload;
+    `bias` is the (shape, dtype) of the epilogue's bias, if any."""
     return _workload("depthwise_conv2d", input_shape, input_dtype, filter_shape, filter_dtype, strides,
-                     padding, rate, data_format, dilations, None, name)
+                     padding, rate, data_format, dilations, None, name, bias, activation)
 
 
 def separable_workload(input_shape: Sequence[int], input_dtype: Any, depthwise_shape: Sequence[int],
                        depthwise_dtype: Any, pointwise_shape: Sequence[int], pointwise_dtype: Any,
                        strides: Any, padding: Any, rate: Any = None, name: Any = None,
-                       data_format: Any = None, dilations: Any = None) -> Workload:
-    """Validate `tf.nn.separable_conv2d` arguments (by shape and dtype) into a Workload."""
+                       data_format: Any = None, dilations: Any = None, *,
+                       bias: tuple[Sequence[int], Any] | None = None, activation: Any = None) -> Workload:
+    """Validate `tf.nn.separable_conv2d` arguments (by shape and dtype) into a Workload;
+    `bias` is the (shape, dtype) of the epilogue's bias, if any."""
     wl = _workload("separable_conv2d", input_shape, input_dtype, depthwise_shape, depthwise_dtype, strides,
-                   padding, rate, data_format, dilations, (pointwise_shape, pointwise_dtype), name)
+                   padding, rate, data_format, dilations, (pointwise_shape, pointwise_dtype), name, bias,
+                   activation)
     return dataclasses.replace(wl, op="separable")

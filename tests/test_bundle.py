@@ -1,5 +1,6 @@
 """Bundles: compiled ahead of time, checked before loading, run with the TVM runtime alone."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import tvmsep
 from tvmsep.bundle import LIBRARY, MANIFEST, BundleError
 from tvmsep.export import compile_bundle
 from tvmsep.networks import network
-from tvmsep.reference import depthwise_reference, separable_reference
+from tvmsep.reference import depthwise_reference, reference_for, separable_reference
 
 from conftest import assert_close
 
@@ -27,6 +28,7 @@ def bundle_path(tmp_path_factory):
     layers = [layer for layer in network("public") if layer.name in LAYERS]
     named = [(layer.name, layer.workload()) for layer in layers]
     named += [(f"{layer.name}_dw", layer.workload("depthwise")) for layer in layers]
+    named.append(("v1_02_relu6", dataclasses.replace(layers[0].workload(), bias=True, activation="relu6")))
     path = tmp_path_factory.mktemp("bundles") / "small"
     compile_bundle(named, None, path, progress=lambda line: None)
     return path
@@ -123,6 +125,21 @@ def test_separable_by_arguments_matches_the_reference(bundle_path, rng):
     assert_close(result, separable_reference(x, f, p, wl), "float32")
 
 
+def test_a_layer_with_an_epilogue_by_name_and_by_arguments(bundle_path, rng):
+    bundle = tvmsep.load(bundle_path)
+    wl = bundle.kernel("v1_02_relu6").workload
+    arrays = [rng.standard_normal(shape, dtype=np.float32) for shape in wl.arg_shapes]
+    expected = reference_for(wl, arrays)
+    assert_close(bundle.run("v1_02_relu6", *arrays), expected, "float32")
+    x, f, p, bias = arrays
+    assert_close(bundle.separable_conv2d(x, f, p, [1, 2, 2, 1], "SAME", bias=bias, activation="relu6"), expected,
+                 "float32")
+    plain = bundle.separable_conv2d(x, f, p, [1, 2, 2, 1], "SAME")  # the same shapes, the kernel without
+    assert_close(plain, separable_reference(x, f, p, bundle.kernel("v1_02").workload), "float32")
+    with pytest.raises(BundleError, match="no kernel for sep NHWC .* relu "):
+        bundle.separable_conv2d(x, f, p, [1, 2, 2, 1], "SAME", bias=bias, activation="relu")
+
+
 def test_a_truncated_library_is_refused(bundle_path, tmp_path):
     copy = _copy(bundle_path, tmp_path)
     library = copy / LIBRARY
@@ -210,3 +227,14 @@ def test_bad_layer_files_are_clear_errors(tmp_path):
                                  "strides": [1, 1, 1, 1], "padding": "SAME", "stride": 2}]))
     with pytest.raises(ValueError, match="unknown fields \\['stride'\\]"):
         layers_from_file(path)
+    layer = {"name": "c", "input_shape": [1, 8, 8, 4], "filter_shape": [3, 3, 4, 2], "strides": [1, 1, 1, 1],
+             "padding": "SAME"}
+    path.write_text(json.dumps([{**layer, "bias": "yes"}]))
+    with pytest.raises(ValueError, match="layer 'c': `bias` must be true or false"):
+        layers_from_file(path)
+    path.write_text(json.dumps([{**layer, "activation": "tanh"}]))
+    with pytest.raises(ValueError, match="layer 'c': .*`activation` must be None, 'relu' or 'relu6'"):
+        layers_from_file(path)
+    path.write_text(json.dumps([{**layer, "bias": True, "activation": "relu"}]))
+    (_, wl), = layers_from_file(path)
+    assert wl.bias and wl.activation == "relu" and wl.arg_shapes[-1] == (8,)

@@ -29,7 +29,9 @@ from .spec import Workload
 
 __all__ = ["FORMAT", "MANIFEST", "LIBRARY", "BundleError", "Bundle", "load"]
 
-FORMAT = 1  # bump when the manifest's meaning changes; older readers refuse newer bundles
+# Bump when the manifest's meaning changes; older readers refuse newer bundles.
+# 2: a workload may carry an epilogue (bias, activation).
+FORMAT = 2
 MANIFEST = "manifest.json"
 LIBRARY = "kernels.so"
 
@@ -67,8 +69,8 @@ class Bundle:
             raise KeyError(f"{self.path} has no layer {name!r}; it holds: {', '.join(self.kernels)}") from None
 
     def run(self, name: str, *arrays: Any, out: Any = None) -> Any:
-        """Layer `name` on `arrays` (input, filter[, pointwise filter]): the public op's checks and
-        results, with the strides, padding, rate and layout the layer was compiled with."""
+        """Layer `name` on `arrays` (input, filter[, pointwise filter][, bias]): the public op's checks
+        and results, with the strides, padding, rate, layout and activation the layer was compiled with."""
         wl = self.kernel(name).workload
         shapes = list(wl.arg_shapes)
         given = [tuple(getattr(a, "shape", np.shape(a))) for a in arrays]
@@ -76,7 +78,9 @@ class Bundle:
             raise ValueError(f"layer {name!r} ({wl.describe()}) takes arrays of shapes {shapes}, got {given}")
         strides, padding, rate, layout = wl.call_arguments()
         op = self.depthwise_conv2d if wl.op == "depthwise" else self.separable_conv2d
-        return op(*arrays, strides, padding, rate, data_format=layout, out=out)
+        *arrays, bias = arrays if wl.bias else (*arrays, None)
+        return op(*arrays, strides, padding, rate, data_format=layout, bias=bias, activation=wl.activation,
+                  out=out)
 
     def function_name(self, name: str) -> str:
         """The library function that computes layer `name` (for `module.time_evaluator`)."""
@@ -92,16 +96,18 @@ class Bundle:
 
     def depthwise_conv2d(self, input: Any, filter: Any, strides: Any, padding: Any, rate: Any = None,
                          name: Any = None, data_format: Any = None, dilations: Any = None, *,
-                         out: Any = None) -> Any:
+                         bias: Any = None, activation: str | None = None, out: Any = None) -> Any:
         """`tvmsep.depthwise_conv2d` with this bundle's kernels (no compiling)."""
-        return self._call.depthwise(input, filter, strides, padding, rate, name, data_format, dilations, None, out)
+        return self._call.depthwise(input, filter, strides, padding, rate, name, data_format, dilations, bias,
+                                    activation, None, out)
 
     def separable_conv2d(self, input: Any, depthwise_filter: Any, pointwise_filter: Any, strides: Any,
                          padding: Any, rate: Any = None, name: Any = None, data_format: Any = None,
-                         dilations: Any = None, *, out: Any = None) -> Any:
+                         dilations: Any = None, *, bias: Any = None, activation: str | None = None,
+                         out: Any = None) -> Any:
         """`tvmsep.separable_conv2d` with this bundle's kernels (no compiling)."""
         return self._call.separable(input, depthwise_filter, pointwise_filter, strides, padding, rate, name,
-                                    data_format, dilations, None, out)
+                                    data_format, dilations, bias, activation, None, out)
 
 
 def load(path: str | Path) -> Bundle:

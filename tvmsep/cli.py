@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -85,6 +86,12 @@ def _padding(text: str):
 
 
 def _tune_workloads(args: argparse.Namespace) -> list:
+    """The workloads to tune, each with the epilogue asked for (argparse checked the activation's name)."""
+    epilogue = dict(bias=args.bias, activation=args.activation)  # the bias's shape follows from the layer
+    return [dataclasses.replace(wl, **epilogue) for wl in _tune_layers(args)]
+
+
+def _tune_layers(args: argparse.Namespace) -> list:
     from .networks import network
     from .spec import depthwise_workload, separable_workload
     ops = ("depthwise", "separable") if args.op == "both" else (args.op,)
@@ -182,6 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--rate", type=int, default=1, help="dilation rate")
     what.add_argument("--layout", default="NHWC", choices=["NHWC", "NCHW"])
     what.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
+    what.add_argument("--bias", action="store_true", help="with the epilogue's per-output-channel bias")
+    what.add_argument("--activation", choices=["relu", "relu6"], help="with the epilogue's activation")
     tune.add_argument("--trials", type=int, default=64, help="records per workload, counting logged ones")
     tune.add_argument("--log-dir", default="tuning_logs", help="one folder per target is made under it")
     tune.add_argument("--rpc", metavar="HOST:PORT", help="measure on devices behind this TVM RPC tracker")

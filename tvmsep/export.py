@@ -8,6 +8,7 @@ library. The folder appears whole or not at all.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -94,7 +95,7 @@ def _cpu_flags(target: Any) -> list[str]:
 
 
 _LAYER_FIELDS = frozenset({"name", "op", "input_shape", "filter_shape", "pointwise_shape", "strides", "padding",
-                           "rate", "data_format", "dtype"})
+                           "rate", "data_format", "dtype", "bias", "activation"})
 
 
 def layers_from_file(path: str | Path) -> list[tuple[str, Workload]]:
@@ -102,10 +103,12 @@ def layers_from_file(path: str | Path) -> list[tuple[str, Workload]]:
 
         [{"name": "block1", "op": "separable", "input_shape": [1, 112, 112, 32], "dtype": "float32",
           "filter_shape": [3, 3, 32, 1], "pointwise_shape": [1, 1, 32, 64],
-          "strides": [1, 1, 1, 1], "padding": "SAME", "rate": [1, 1], "data_format": "NHWC"}]
+          "strides": [1, 1, 1, 1], "padding": "SAME", "rate": [1, 1], "data_format": "NHWC",
+          "bias": true, "activation": "relu6"}]
 
     `op` defaults to separable when `pointwise_shape` is given; `rate`,
-    `data_format` and `dtype` (float32) are optional.
+    `data_format`, `dtype` (float32) and the epilogue (`bias`: whether the
+    layer takes one, `activation`) are optional.
     """
     try:
         specs = json.loads(Path(path).read_text())
@@ -122,8 +125,10 @@ def layers_from_file(path: str | Path) -> list[tuple[str, Workload]]:
         try:
             dtype = spec.get("dtype", "float32")
             op = spec.get("op", "separable" if "pointwise_shape" in spec else "depthwise")
+            if not isinstance(spec.get("bias", False), bool):
+                raise ValueError(f"`bias` must be true or false (whether the layer takes one), got {spec['bias']!r}")
             common = dict(strides=spec["strides"], padding=spec["padding"], rate=spec.get("rate"),
-                          data_format=spec.get("data_format"))
+                          data_format=spec.get("data_format"), activation=spec.get("activation"))
             if op == "depthwise":
                 wl = depthwise_workload(spec["input_shape"], dtype, spec["filter_shape"], dtype, **common)
             elif op == "separable":
@@ -131,6 +136,7 @@ def layers_from_file(path: str | Path) -> list[tuple[str, Workload]]:
                                         spec["pointwise_shape"], dtype, **common)
             else:
                 raise ValueError(f"`op` must be 'depthwise' or 'separable', got {op!r}")
+            wl = dataclasses.replace(wl, bias=spec.get("bias", False))  # its shape follows from the layer
         except KeyError as e:
             raise ValueError(f"{path}, layer {name!r}: missing field {e}") from None
         except (ValueError, TypeError) as e:

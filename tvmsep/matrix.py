@@ -3,11 +3,14 @@
 Layouts x dtypes x cases that between them cover what the CUDA schedules
 branch on: channel counts that do and do not fill a vector, multipliers 1-3,
 strides 1-2, dilation, SAME, VALID and asymmetric explicit padding, batch
-above 1, and separable. The no-GPU tests compile every entry; the GPU check
-runs every entry against the float64 reference.
+above 1, separable, and the epilogue (bias, relu, relu6) on both ops. The
+no-GPU tests compile every entry; the GPU check runs every entry against the
+float64 reference.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from .spec import Workload, depthwise_workload, separable_workload
 
@@ -16,28 +19,35 @@ __all__ = ["CASES", "case_name", "case_workload", "matrix"]
 LAYOUTS = ("NHWC", "NCHW")
 DTYPES = ("float32", "float16")
 
-# (batch, input HxW, channels, multiplier, stride, padding (NHWC pairs), rate, pointwise outputs or None)
+NO_EPILOGUE: dict = {}
+# (batch, input HxW, channels, multiplier, stride, padding (NHWC pairs), rate, pointwise outputs or None,
+#  epilogue as Workload fields)
 CASES = [
-    (1, 56, 128, 1, 1, "SAME", 1, None),
-    (1, 112, 32, 1, 2, "SAME", 1, None),
-    (1, 13, 5, 3, 1, "VALID", 1, None),
-    (1, 9, 7, 2, 2, [[0, 0], [1, 2], [0, 3], [0, 0]], 1, None),
-    (1, 17, 6, 1, 1, "SAME", 2, None),
-    (3, 20, 24, 1, 2, "SAME", 1, None),
-    (1, 28, 64, 1, 1, "SAME", 1, 96),
-    (1, 7, 10, 2, 2, "VALID", 1, 5),
-    (2, 14, 48, 1, 1, "SAME", 1, 40),
+    (1, 56, 128, 1, 1, "SAME", 1, None, NO_EPILOGUE),
+    (1, 112, 32, 1, 2, "SAME", 1, None, NO_EPILOGUE),
+    (1, 13, 5, 3, 1, "VALID", 1, None, dict(bias=True, activation="relu6")),
+    (1, 9, 7, 2, 2, [[0, 0], [1, 2], [0, 3], [0, 0]], 1, None, NO_EPILOGUE),
+    (1, 17, 6, 1, 1, "SAME", 2, None, NO_EPILOGUE),
+    (3, 20, 24, 1, 2, "SAME", 1, None, NO_EPILOGUE),
+    (1, 28, 64, 1, 1, "SAME", 1, 96, NO_EPILOGUE),
+    (1, 7, 10, 2, 2, "VALID", 1, 5, dict(activation="relu6")),
+    (2, 14, 48, 1, 1, "SAME", 1, 40, dict(bias=True, activation="relu")),
 ]
 
 
 def case_name(case: tuple) -> str:
-    batch, size, channels, mult, stride, padding, rate, outputs = case
+    batch, size, channels, mult, stride, padding, rate, outputs, epilogue = case
     pad = padding if isinstance(padding, str) else "explicit"
-    return f"b{batch}-{size}x{channels}x{mult}-s{stride}-{pad}-r{rate}" + (f"-o{outputs}" if outputs else "")
+    name = f"b{batch}-{size}x{channels}x{mult}-s{stride}-{pad}-r{rate}" + (f"-o{outputs}" if outputs else "")
+    if epilogue.get("bias"):
+        name += "-bias"
+    if epilogue.get("activation"):
+        name += "-" + epilogue["activation"]
+    return name
 
 
 def case_workload(case: tuple, layout: str, dtype: str) -> Workload:
-    batch, size, channels, mult, stride, padding, rate, outputs = case
+    batch, size, channels, mult, stride, padding, rate, outputs, epilogue = case
     nhwc = layout == "NHWC"
     shape = (batch, size, size, channels) if nhwc else (batch, channels, size, size)
     strides = [1, stride, stride, 1] if nhwc else [1, 1, stride, stride]
@@ -45,9 +55,11 @@ def case_workload(case: tuple, layout: str, dtype: str) -> Workload:
         padding = [padding[0], padding[3], padding[1], padding[2]]
     common = dict(rate=[rate, rate], data_format=layout)
     if outputs is None:
-        return depthwise_workload(shape, dtype, (3, 3, channels, mult), dtype, strides, padding, **common)
-    return separable_workload(shape, dtype, (3, 3, channels, mult), dtype, (1, 1, channels * mult, outputs), dtype,
-                              strides, padding, **common)
+        wl = depthwise_workload(shape, dtype, (3, 3, channels, mult), dtype, strides, padding, **common)
+    else:
+        wl = separable_workload(shape, dtype, (3, 3, channels, mult), dtype, (1, 1, channels * mult, outputs),
+                                dtype, strides, padding, **common)
+    return dataclasses.replace(wl, **epilogue)
 
 
 def matrix() -> list[tuple[str, Workload]]:

@@ -12,10 +12,15 @@ Layers: the public list (MobileNetV1, MobileNetV2, batch 8, rate 2,
 multiplier 2), layers of other networks that were never tuned (`unseen`),
 and an 8x8x8 layer whose time is almost all per-call overhead.
 
-    python benchmarks/peers.py [--repeats 200] [--threads 2] [--only v1_03,v2_01]
+    python benchmarks/peers.py [--repeats 200] [--threads 2] [--only v1_03,v2_01] [--epilogue]
 
-Writes benchmarks/results/cpu-<mcpu>.md and a plot of the ratios beside it
-(.png), and prints the table.
+With `--epilogue` every implementation computes relu6(conv + bias), as a
+MobileNet block does: tvmsep with its fused epilogue (`bias=`, `activation=`),
+ONNX Runtime with the bias in its Conv and a Clip after it (which its graph
+optimizer fuses), PyTorch and TF as their users write it.
+
+Writes benchmarks/results/cpu-<mcpu>[-epilogue].md and a plot of the ratios
+beside it (.png), and prints the table.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import dataclasses
 
 import numpy as np
 
@@ -58,17 +65,24 @@ def _pads(wl: Workload) -> tuple[int, int, int, int]:
     return wl.pad_top, wl.pad_left, wl.pad_bottom, wl.pad_right
 
 
-def _ort(layer: Layer, wl: Workload, x, f, p, threads: int):
+def _ort(layer: Layer, wl: Workload, x, f, p, bias, threads: int):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    nodes = [helper.make_node("Conv", ["x", "wd"], ["mid" if p is not None else "y"], group=wl.in_channels,
+    last = "conv" if bias is not None else "y"
+    depthwise_inputs = ["x", "wd"] + (["b"] if bias is not None and p is None else [])
+    nodes = [helper.make_node("Conv", depthwise_inputs, ["mid" if p is not None else last], group=wl.in_channels,
                               strides=[wl.stride_h, wl.stride_w], pads=list(_pads(wl)),
                               dilations=[wl.dilation_h, wl.dilation_w], kernel_shape=[wl.kernel_h, wl.kernel_w])]
     inits = [numpy_helper.from_array(_nchw_filter(layer, f), "wd")]
     if p is not None:
-        nodes.append(helper.make_node("Conv", ["mid", "wp"], ["y"], kernel_shape=[1, 1]))
+        nodes.append(helper.make_node("Conv", ["mid", "wp"] + (["b"] if bias is not None else []), [last],
+                                      kernel_shape=[1, 1]))
         inits.append(numpy_helper.from_array(np.ascontiguousarray(p[0, 0].T[:, :, None, None]), "wp"))
+    if bias is not None:
+        nodes.append(helper.make_node("Clip", ["conv", "zero", "six"], ["y"]))
+        inits += [numpy_helper.from_array(bias, "b"), numpy_helper.from_array(np.float32(0), "zero"),
+                  numpy_helper.from_array(np.float32(6), "six")]
     out_shape = [wl.batch, wl.out_channels, wl.out_height, wl.out_width]
     graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
@@ -89,7 +103,7 @@ def _ort(layer: Layer, wl: Workload, x, f, p, threads: int):
     return call, lambda: y
 
 
-def _torch(layer: Layer, wl: Workload, x, f, p, channels_last: bool):
+def _torch(layer: Layer, wl: Workload, x, f, p, bias, channels_last: bool):
     import torch
     import torch.nn.functional as F
 
@@ -98,6 +112,7 @@ def _torch(layer: Layer, wl: Workload, x, f, p, channels_last: bool):
     wd = torch.from_numpy(_nchw_filter(layer, f)).contiguous(memory_format=memory)
     wp = None if p is None else torch.from_numpy(np.ascontiguousarray(p[0, 0].T[:, :, None, None])) \
         .contiguous(memory_format=memory)
+    bt = None if bias is None else torch.from_numpy(bias)
     top, left, bottom, right = _pads(wl)
     symmetric = top == bottom and left == right
     result = {}
@@ -105,50 +120,58 @@ def _torch(layer: Layer, wl: Workload, x, f, p, channels_last: bool):
     def call():
         with torch.inference_mode():
             inp = xt if symmetric else F.pad(xt, (left, right, top, bottom))
-            y = F.conv2d(inp, wd, stride=(wl.stride_h, wl.stride_w), padding=(top, left) if symmetric else 0,
-                         dilation=(wl.dilation_h, wl.dilation_w), groups=wl.in_channels)
+            y = F.conv2d(inp, wd, bt if wp is None else None, stride=(wl.stride_h, wl.stride_w),
+                         padding=(top, left) if symmetric else 0, dilation=(wl.dilation_h, wl.dilation_w),
+                         groups=wl.in_channels)
             if wp is not None:
-                y = F.conv2d(y, wp)
-            result["y"] = y
+                y = F.conv2d(y, wp, bt)
+            result["y"] = y if bt is None else F.relu6(y)
     return call, lambda: result["y"].numpy()
 
 
-def _tf(layer: Layer, wl: Workload, x, f, p):
+def _tf(layer: Layer, wl: Workload, x, f, p, bias):
     import tensorflow as tf
     xt, ft = tf.constant(x), tf.constant(f)
     pt = None if p is None else tf.constant(p)
+    bt = None if bias is None else tf.constant(bias)
     strides, rate = layer.strides, [layer.rate, layer.rate]
     result = {}
 
     def call():
         if pt is None:
-            result["y"] = tf.nn.depthwise_conv2d(xt, ft, strides, layer.padding, dilations=rate)
+            y = tf.nn.depthwise_conv2d(xt, ft, strides, layer.padding, dilations=rate)
         else:
-            result["y"] = tf.nn.separable_conv2d(xt, ft, pt, strides, layer.padding, dilations=rate)
+            y = tf.nn.separable_conv2d(xt, ft, pt, strides, layer.padding, dilations=rate)
+        result["y"] = y if bt is None else tf.nn.relu6(tf.nn.bias_add(y, bt))
     return call, lambda: result["y"].numpy().transpose(0, 3, 1, 2)
 
 
-def _implementations(layer: Layer, op: str, threads: int, rng, with_tf: bool):
+def _implementations(layer: Layer, op: str, threads: int, rng, with_tf: bool, epilogue: bool):
+    """`epilogue`: relu6(conv + bias) everywhere, with a fresh bias."""
     wl = layer.workload(op)
     x = rng.standard_normal(wl.input_shape, dtype=np.float32)
     f = rng.standard_normal(wl.filter_shape, dtype=np.float32)
     p = rng.standard_normal(wl.pointwise_shape, dtype=np.float32) if op == "separable" else None
+    bias = rng.standard_normal(wl.out_channels, dtype=np.float32) if epilogue else None
+    if epilogue:
+        wl = dataclasses.replace(wl, bias=True, activation="relu6")
     x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     args = (layer.strides, layer.padding, [layer.rate, layer.rate])
-    ours = (lambda **kw: tvmsep.depthwise_conv2d(x, f, *args, **kw)) if p is None else \
-        (lambda **kw: tvmsep.separable_conv2d(x, f, p, *args, **kw))
+    fused = dict(bias=bias, activation=wl.activation)
+    ours = (lambda **kw: tvmsep.depthwise_conv2d(x, f, *args, **fused, **kw)) if p is None else \
+        (lambda **kw: tvmsep.separable_conv2d(x, f, p, *args, **fused, **kw))
     expected = ours().transpose(0, 3, 1, 2)
     out = np.empty(wl.output_shape, np.float32)
     hand = runtime.Kernel(wl, build.compile_module(wl, host_target())["main"], "hand-written")
-    inputs = [x, f] if p is None else [x, f, p]
+    inputs = [a for a in (x, f, p, bias) if a is not None]
     impls = {"tvmsep": (ours, None), "tvmsep_out": (lambda: ours(out=out), None),
              "tvmsep_hand": (lambda: hand.run(inputs, out), lambda: out.transpose(0, 3, 1, 2)),
-             "ort": _ort(layer, wl, x_nchw, f, p, threads),
-             "torch": _torch(layer, wl, x_nchw, f, p, channels_last=False),
-             "torch_cl": _torch(layer, wl, x_nchw, f, p, channels_last=True),
+             "ort": _ort(layer, wl, x_nchw, f, p, bias, threads),
+             "torch": _torch(layer, wl, x_nchw, f, p, bias, channels_last=False),
+             "torch_cl": _torch(layer, wl, x_nchw, f, p, bias, channels_last=True),
              }
     if with_tf:
-        impls["tf"] = _tf(layer, wl, x, f, p)
+        impls["tf"] = _tf(layer, wl, x, f, p, bias)
     for name, (call, result) in impls.items():
         call()
         if result is not None:  # every peer computes the same numbers before it is timed
@@ -229,6 +252,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--tf", action=argparse.BooleanOptionalAction, default=True,
                         help="include TensorFlow (eager) as a peer")
+    parser.add_argument("--epilogue", action="store_true", help="every implementation computes relu6(conv + bias)")
     args = parser.parse_args()
 
     import torch
@@ -253,7 +277,7 @@ def main() -> int:
     overhead = []
     for op in ("depthwise", "separable"):
         for layer in layers:
-            wl, calls = _implementations(layer, op, args.threads, rng, args.tf)
+            wl, calls = _implementations(layer, op, args.threads, rng, args.tf, args.epilogue)
             ms = _time(calls, args.repeats)
             ratio = min(ms[p] for p in BASELINES) / ms["tvmsep"]
             ratios.setdefault((op, _group(layer)), []).append(ratio)
@@ -292,9 +316,10 @@ def main() -> int:
         versions.append(f"tensorflow {tf.__version__}")
     import onnxruntime
     versions.append(f"onnxruntime {onnxruntime.__version__}")
-    header = [f"# tvmsep vs peers, fp32, {args.threads} threads", "",
+    what = "relu6(conv + bias), " if args.epilogue else ""
+    header = [f"# tvmsep vs peers, {what}fp32, {args.threads} threads", "",
               f"- machine: {_machine()}", f"- date: {datetime.date.today()}", f"- versions: {', '.join(versions)}",
-              f"- command: `python benchmarks/peers.py --repeats {args.repeats} --threads {args.threads}`",
+              f"- command: `python benchmarks/peers.py {' '.join(sys.argv[1:])}`",
               "- median ms per call, in one process, implementations taking turns in blocks of 25 calls "
               "(the first 5 not counted) in a random order each round; "
               "tvmsep is NHWC numpy in/out, `tvmsep_out` passes `out=`; `tvmsep_hand` (with `out=`) is the "
@@ -306,12 +331,14 @@ def main() -> int:
               "in cache can pass the copy bandwidth, which is measured on 512 MiB)", ""]
     report = "\n".join(header + lines + summary) + "\n"
     print("\n".join(lines + summary))
-    output = args.output or Path(__file__).parent / "results" / f"cpu-{host_target().attrs['mcpu']}.md"
+    suffix = "-epilogue" if args.epilogue else ""
+    output = args.output or Path(__file__).parent / "results" / f"cpu-{host_target().attrs['mcpu']}{suffix}.md"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(report)
     print(f"\nwrote {output}")
     if plotted:
-        _plot(plotted, f"best of ONNX Runtime and PyTorch / tvmsep, fp32, {args.threads} threads, {_machine()}",
+        _plot(plotted, f"best of ONNX Runtime and PyTorch / tvmsep, {what}fp32, {args.threads} threads, "
+                       f"{_machine()}",
               output.with_suffix(".png"))
         print(f"wrote {output.with_suffix('.png')}")
     return 0

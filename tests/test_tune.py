@@ -6,6 +6,7 @@ failing candidates do not stop a job, RPC measurement survives losing a
 device, and compiling uses what a job chose.
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -110,6 +111,14 @@ def test_compiling_uses_the_verdict(tuned_log, monkeypatch, rng):
     out = np.full(wl.output_shape, np.nan, np.float32)
     tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", out=out)
     assert_close(out, depthwise_reference(x, f, wl), "float32")
+    # The same convolution with an epilogue, never tuned: the tuned choice, the epilogue inlined into its store.
+    with_epilogue = dataclasses.replace(wl, bias=True, activation="relu6")
+    instructions, _ = build.tuned_trace(with_epilogue, host_target())
+    assert [i[0] for i in instructions[-2:]] == ["GetSBlock", "ReverseComputeInline"], instructions[-2:]
+    bias = rng.standard_normal(wl.out_channels, dtype=np.float32)
+    out = np.full(wl.output_shape, np.nan, np.float32)
+    tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", bias=bias, activation="relu6", out=out)
+    assert_close(out, depthwise_reference(x, f, with_epilogue, bias), "float32")
     ops._kernels.clear()
     ops._call.clear()
     build._verdicts.cache_clear()

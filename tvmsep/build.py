@@ -8,6 +8,7 @@ named `main` and takes the inputs in call order, then the output.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from tvm.target import Target
 
 from .compute import prim_func
 from .spec import Workload
-from .tuning_log import log_folders, module_hash, read_verdicts
+from .tuning_log import log_folders, module_hash, plain_json, read_verdicts
 
 __all__ = ["workload_module", "tuned_trace", "hand_schedule", "scheduled_module", "compile_scheduled", "compile_module"]
 
@@ -45,17 +46,45 @@ def workload_module(wl: Workload) -> tvm.IRModule:
 
 def tuned_trace(wl: Workload, target: Target) -> Any | None:
     """The schedule trace (JSON) a finished tuning job chose for `wl` on `target`,
-    or None when there is none or the hand-written schedule won."""
+    or None when there is none or the hand-written schedule won.
+
+    A workload with an epilogue that no job tuned takes the choice made for
+    the same convolution without it (`_with_epilogue`): the epilogue is
+    elementwise and the kernel's time is the convolution's.
+    """
+    verdict = _verdict(wl, target)
+    if verdict is None and (wl.bias or wl.activation):
+        plain = _verdict(dataclasses.replace(wl, bias=False, activation=None), target)
+        if plain is not None and plain["use"] == "tuned":
+            return _with_epilogue(wl, plain["trace"])
+    return verdict["trace"] if verdict is not None and verdict["use"] == "tuned" else None
+
+
+def _verdict(wl: Workload, target: Target) -> dict | None:
+    """The latest finished tuning job's verdict on `wl` for `target`, if any."""
     shash = None
     for folder in log_folders(target):
         verdicts, described = _verdicts(folder)
         if wl.describe() not in described:
             continue  # the cheap test first: the hash needs the TE function built
         shash = shash or module_hash(workload_module(wl))
-        verdict = verdicts.get(shash)
-        if verdict is not None:
-            return verdict["trace"] if verdict["use"] == "tuned" else None
+        if shash in verdicts:
+            return verdicts[shash]
     return None
+
+
+def _with_epilogue(wl: Workload, trace: Any) -> Any | None:
+    """The trace tuned for `wl` without its epilogue, replayed on `wl`, with the epilogue
+    stage then inlined into the store the trace placed (so it runs on the tile in
+    registers); None, for the hand-written schedule, where the trace does not apply."""
+    sch = s_tir.Schedule(workload_module(wl))
+    try:
+        s_tir.schedule.Trace.apply_json_to_schedule(trace, sch)
+        sch.reverse_compute_inline(sch.get_sblock(("depthwise" if wl.op == "depthwise" else "pointwise")
+                                                  + "_epilogue"))
+    except (RuntimeError, ValueError):  # TVM's ScheduleError is a RuntimeError
+        return None
+    return plain_json(sch.trace.as_json(remove_postproc=False))
 
 
 @functools.lru_cache(maxsize=None)

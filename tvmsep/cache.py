@@ -32,7 +32,7 @@ import tvm
 
 from tvmsep.schedules import common as schedule_common
 
-from . import compute
+from . import build as build_steps, compute
 from .files import file_sha256, publish
 from .spec import Workload
 
@@ -60,14 +60,14 @@ def _source_digest(*modules) -> str:
 
 
 def cache_key(wl: Workload, target: tvm.target.Target, schedule_module, trace: Any = None) -> str:
-    """Hash of workload, target, TE + schedule source (or the tuned trace),
+    """Hash of workload, target, TE + schedule + build source (or the tuned trace),
     TVM version and cache format."""
     from . import __version__
     payload = {
         "format": FORMAT_VERSION,
         "workload": wl.to_json(),
         "target": str(target),
-        "code": _source_digest(compute, schedule_common, schedule_module),
+        "code": _source_digest(compute, build_steps, schedule_common, schedule_module),
         "trace": trace,
         "tvm": tvm.__version__,
         "tvmsep": __version__,

@@ -32,8 +32,8 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord
 from tvm.s_tir.meta_schedule.database import Workload as TVMWorkload
 
-__all__ = ["TuningLog", "module_hash", "record_seconds", "read_verdicts", "target_folder_name", "log_folders",
-           "WORKLOAD_FILE", "RECORD_FILE", "VERDICT_FILE"]
+__all__ = ["TuningLog", "module_hash", "plain_json", "record_seconds", "read_verdicts", "target_folder_name",
+           "log_folders", "WORKLOAD_FILE", "RECORD_FILE", "VERDICT_FILE"]
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -48,14 +48,14 @@ def module_hash(mod: tvm.IRModule) -> str:
     return str(tvm_ffi.structural_hash(mod))
 
 
-def _plain(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
     """TVM's JSON values (Array, Map, boxed scalars) as plain Python for `json`."""
     if isinstance(value, (str, bool, int, float)) or value is None:
         return value
     if hasattr(value, "items"):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_json(v) for k, v in value.items()}
     if hasattr(value, "__iter__"):
-        return [_plain(v) for v in value]
+        return [plain_json(v) for v in value]
     return value.value
 
 
@@ -98,7 +98,7 @@ class _Lines:
         return rows
 
     def append(self, row: Any) -> None:
-        line = (json.dumps(_plain(row), separators=(",", ":")) + "\n").encode()
+        line = (json.dumps(plain_json(row), separators=(",", ":")) + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)

@@ -156,7 +156,7 @@ def test_killed_job_resumes_without_losing_records(tmp_path):
     records = tmp_path / FOLDER / RECORD_FILE
     job = subprocess.Popen(_cli_args(wl, 14, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for_lines(records, 3, job)
+        _wait_for_lines(records, 5, job)  # the hand-written record and part of the search
     finally:
         job.send_signal(signal.SIGKILL)
         job.wait()
@@ -167,7 +167,10 @@ def test_killed_job_resumes_without_losing_records(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     after = _lines(records)
     assert after[: len(before)] == before, "a record logged before the kill was lost or changed"
-    assert 14 <= len(after) < 14 + len(before), "the rerun did not count the records already logged"
+    # Counting what is logged, the rerun searches the rest of the budget, which meta-schedule
+    # overshoots by less than one round (at most 4 records here); a rerun that did not count
+    # the logged records would add a whole budget of 14.
+    assert len(after) >= 14 and len(after) - len(before) < 14, "the rerun did not count the records already logged"
     assert f"continuing from {len(before)} logged trials" in done.stdout
     assert "speed-up" in done.stdout  # the closing table
     assert plot.stat().st_size > 1000

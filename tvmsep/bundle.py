@@ -25,7 +25,7 @@ import tvm
 from . import __version__, runtime
 from .dispatch import Dispatcher
 from .files import file_sha256
-from .spec import Workload
+from .spec import Workload, split_bias
 
 __all__ = ["FORMAT", "MANIFEST", "LIBRARY", "BundleError", "Bundle", "load"]
 
@@ -78,8 +78,8 @@ class Bundle:
             raise ValueError(f"layer {name!r} ({wl.describe()}) takes arrays of shapes {shapes}, got {given}")
         strides, padding, rate, layout = wl.call_arguments()
         op = self.depthwise_conv2d if wl.op == "depthwise" else self.separable_conv2d
-        *arrays, bias = arrays if wl.bias else (*arrays, None)
-        return op(*arrays, strides, padding, rate, data_format=layout, bias=bias, activation=wl.activation,
+        inputs, bias = split_bias(wl.op, arrays)
+        return op(*inputs, strides, padding, rate, data_format=layout, bias=bias, activation=wl.activation,
                   out=out)
 
     def function_name(self, name: str) -> str:

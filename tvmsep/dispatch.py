@@ -15,7 +15,7 @@ import numpy as np
 import tvm
 
 from . import runtime
-from .spec import Workload, depthwise_workload, separable_workload
+from .spec import Workload, depthwise_workload, separable_workload, split_bias
 
 __all__ = ["Dispatcher"]
 
@@ -124,9 +124,8 @@ class _EmptyBatch:
 def _workload(op: str, inputs: list[runtime.Array], options: tuple) -> Workload:
     """The inputs are in call order, the bias (when given) last."""
     *options, activation = options
-    weights = 1 if op == "depthwise" else 2
-    x, *filters = inputs[:1 + weights]
-    bias = (inputs[-1].shape, inputs[-1].dtype) if len(inputs) > 1 + weights else None
+    (x, *filters), bias = split_bias(op, inputs)
     shapes = [v for a in filters for v in (a.shape, a.dtype)]
     make = depthwise_workload if op == "depthwise" else separable_workload
-    return make(x.shape, x.dtype, *shapes, *options, bias=bias, activation=activation)
+    return make(x.shape, x.dtype, *shapes, *options, bias=None if bias is None else (bias.shape, bias.dtype),
+                activation=activation)

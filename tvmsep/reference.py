@@ -2,15 +2,15 @@
 
 Written from the TF formulas (spec/), not from the TE code: it pads with
 numpy, walks the taps with strided slices, and shares only `Workload`'s
-resolved pads with the compiled path (the pad rule itself is tested on its
-own, exhaustively).
+resolved pads (the pad rule itself is tested on its own, exhaustively) and
+the order of the arrays (`split_bias`) with the compiled path.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .spec import Workload
+from .spec import Workload, split_bias
 
 __all__ = ["depthwise_reference", "separable_reference", "epilogue_reference", "reference_for", "TOLERANCE",
            "scaled_error"]
@@ -78,8 +78,7 @@ def separable_reference(x: np.ndarray, f: np.ndarray, p: np.ndarray, wl: Workloa
 
 def reference_for(wl: Workload, arrays: list[np.ndarray]) -> np.ndarray:
     """`wl`'s float64 result on `arrays`, given as its kernel takes them (`Workload.arg_shapes`)."""
-    weights = 1 if wl.op == "depthwise" else 2
-    inputs, bias = arrays[:1 + weights], (arrays[1 + weights] if wl.bias else None)
+    inputs, bias = split_bias(wl.op, arrays)
     if wl.op == "depthwise":
         return depthwise_reference(*inputs, wl, bias)
     return separable_reference(*inputs, wl, bias)

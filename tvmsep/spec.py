@@ -24,6 +24,7 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "ACTIVATIONS",
     "same_padding",
+    "split_bias",
     "depthwise_workload",
     "separable_workload",
 ]
@@ -170,6 +171,13 @@ class Workload:
 
 
 _EPILOGUE_FIELDS = {"bias": False, "activation": None}  # name -> default
+
+
+def split_bias(op: str, arrays: Sequence[Any]) -> tuple[list[Any], Any]:
+    """(the op's input and filters, the epilogue's bias or None) from arrays in call
+    order, where the bias, when there is one, follows the 2 (depthwise) or 3 (separable) others."""
+    count = 2 if op == "depthwise" else 3
+    return list(arrays[:count]), (arrays[count] if len(arrays) > count else None)
 
 
 def same_padding(in_size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:

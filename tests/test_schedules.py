@@ -12,17 +12,23 @@ from tvmsep.matrix import matrix
 from tvmsep.reference import reference_for
 from tvmsep.runtime import Kernel
 from tvmsep.schedules import llvm
-from tvmsep.spec import separable_workload
+from tvmsep.spec import depthwise_workload, separable_workload
 from tvmsep.target import host_target
 
 from conftest import assert_close
 
 TARGET = host_target()
-# Every NHWC separable configuration of the matrix (epilogues included), plus float64 (half the lanes).
+# Every NHWC configuration of the matrix that has more than one space (epilogues included), plus
+# float64 (half the lanes) and a row-blocked depthwise with a batch, a multiplier, a rate and an epilogue.
 SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.layout == "NHWC"] + [
     ("b1-10x12x1-s1-SAME-o20-NHWC-float64",
      separable_workload((1, 10, 10, 12), "float64", (3, 3, 12, 1), "float64", (1, 1, 12, 20), "float64",
                         [1, 1, 1, 1], "SAME"))]
+ROW_BLOCKED = [(name, wl) for name, wl in matrix()
+               if wl.op == "depthwise" and wl.layout == "NHWC" and llvm._row_blocks(wl, TARGET)] + [
+    ("b2-12x6x2-s1-SAME-r2-bias-relu6-NHWC-float32",
+     depthwise_workload((2, 12, 12, 6), "float32", (3, 3, 6, 2), "float32", [1, 1, 1, 1], "SAME", rate=[2, 2],
+                        bias=((12,), "float32"), activation="relu6"))]
 
 
 def _spaces(wl):
@@ -36,10 +42,11 @@ def _check(sch, wl, rng):
     assert_close(out, reference_for(wl, inputs), wl.dtype)
 
 
-@pytest.mark.parametrize("name, wl", SEPARABLE, ids=[name for name, _ in SEPARABLE])
+@pytest.mark.parametrize("name, wl", SEPARABLE + ROW_BLOCKED, ids=[name for name, _ in SEPARABLE + ROW_BLOCKED])
 def test_every_design_space_matches_the_reference(name, wl, rng):
     spaces = _spaces(wl)
-    assert len(spaces) == 2, "NHWC separable has the two-stage and the fused structure"
+    assert len(spaces) == 2, "NHWC separable has the two-stage and the fused structure, " \
+        "NHWC depthwise tall enough the row-blocked one"
     assert str(spaces[0].trace) == str(build.hand_schedule(wl, TARGET).trace), \
         "the first space is the hand-written schedule"
     for space in spaces:
@@ -63,7 +70,9 @@ def test_fused_space_keeps_only_one_row_of_the_intermediate():
     assert f"({wl.batch}, {wl.out_height}, {wl.out_width}, {wl.mid_channels})" in two_stage
 
 
-def test_other_layouts_and_ops_have_one_space():
-    nchw = next(wl for _, wl in matrix() if wl.op == "separable" and wl.layout == "NCHW")
-    depthwise = next(wl for _, wl in matrix() if wl.op == "depthwise")
-    assert len(_spaces(nchw)) == 1 and len(_spaces(depthwise)) == 1
+def test_other_layouts_and_shapes_have_one_space():
+    """NCHW has one structure; NHWC depthwise blocks rows only in whole blocks, two or more per core."""
+    for op in ("separable", "depthwise"):
+        assert len(_spaces(next(wl for _, wl in matrix() if wl.op == op and wl.layout == "NCHW"))) == 1
+    odd_height = next(wl for _, wl in matrix() if wl.op == "depthwise" and wl.out_height == 11)
+    assert len(_spaces(odd_height)) == 1

@@ -155,10 +155,10 @@ def design_spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_t
         fused = sch.copy()
         _schedule_fused(fused, wl, target)
         spaces.append(fused)
-    if wl.op == "depthwise" and wl.layout == "NHWC" and _row_blocks(wl, target):
+    row_blocks = _row_blocks(wl, target) if wl.op == "depthwise" and wl.layout == "NHWC" else []
+    if row_blocks:
         blocked = sch.copy()
-        _depthwise(blocked, wl, vector_lanes(target, wl.dtype), _parallel(wl, target),
-                   row_blocks=_row_blocks(wl, target))
+        _depthwise(blocked, wl, vector_lanes(target, wl.dtype), _parallel(wl, target), row_blocks=row_blocks)
         spaces.append(blocked)
     schedule(sch, wl, target)
     return spaces

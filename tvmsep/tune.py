@@ -151,12 +151,56 @@ def _spaces(wl: Workload, target: Target) -> list[tuple[str, ms.space_generator.
     return [("knobs", hand), ("generic", ms.space_generator.PostOrderApply())]
 
 
+class _Budget:
+    """Trials left to one job's search, shared by the searches of its spaces."""
+
+    def __init__(self, trials: int) -> None:
+        self.left = trials
+
+
+@derived_object
+class _BudgetedSearch(ms.search_strategy.PySearchStrategy):
+    """An evolutionary search whose last round stops at the job's budget.
+
+    meta-schedule checks its global trial budget only between rounds, so with
+    two spaces taking turns the job overshot it by up to a round (64 trials
+    asked, 71 logged); this cuts the round that would cross it instead."""
+
+    def __init__(self, budget: _Budget, inner: ms.search_strategy.SearchStrategy | None = None) -> None:
+        super().__init__()
+        self.budget = budget
+        self.inner = inner or ms.search_strategy.EvolutionarySearch(population_size=128, init_min_unmeasured=32)
+
+    def _initialize_with_tune_context(self, context) -> None:
+        self.inner._initialize_with_tune_context(context)
+
+    def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None) -> None:
+        self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+
+    def post_tuning(self) -> None:
+        self.inner.post_tuning()
+
+    def generate_measure_candidates(self):
+        candidates = self.inner.generate_measure_candidates() if self.budget.left > 0 else None
+        if candidates is None:
+            return None
+        candidates = list(candidates)[:self.budget.left]
+        self.budget.left -= len(candidates)
+        return candidates
+
+    def notify_runner_results(self, measure_candidates, results) -> None:
+        self.inner.notify_runner_results(measure_candidates, results)
+
+    def clone(self) -> "_BudgetedSearch":
+        return _BudgetedSearch(self.budget, self.inner.clone())
+
+
 def _search(wl: Workload, target: Target, log: TuningLog, trials: int, builder, runner, progress: _Progress,
             seed: int | None) -> None:
     mod = workload_module(wl)
+    budget = _Budget(trials)
     tasks = [ms.TuneContext(mod=mod, target=target, space_generator=space, task_name=name,
-                            search_strategy=ms.search_strategy.EvolutionarySearch(
-                                population_size=128, init_min_unmeasured=32),
+                            search_strategy=_BudgetedSearch(budget),
                             num_threads=os.cpu_count() or 1, rand_state=-1 if seed is None else seed + i,
                             logger=None).clone()
              for i, (name, space) in enumerate(_spaces(wl, target))]

@@ -59,8 +59,9 @@ def main() -> int:
     report = "\n".join([
         f"# Tuning results, {target_folder_name(target)}", "",
         f"- date: {datetime.date.today()}; target: `{target}`",
-        "- hand and tuned ms: medians of 5 alternating side-by-side rounds at the end of each tuning job "
-        "(`tvmsep tune`); `chosen` is what compiling now uses, and its speed-up over hand-written",
+        "- hand and tuned ms: medians of 5 side-by-side rounds at the end of each tuning job "
+        "(`tvmsep tune`), taken after the 3 fastest logged candidates were measured side by side to pick "
+        "`tuned`; `chosen` is what compiling now uses, and its speed-up over hand-written",
         f"- this machine's peaks, measured now on {usable_cores()} cores: copy bandwidth {bandwidth:.0f} GB/s "
         f"(512 MiB, read + write), FMA throughput {gflops:.0f} GFLOP/s (fp32, `benchmarks/limits.py`); "
         "for comparison, a 2048^3 fp32 GEMM: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in blas.items()),

@@ -28,7 +28,7 @@ from tvmsep.reference import depthwise_reference
 from tvmsep.schedules import llvm
 from tvmsep.spec import depthwise_workload, separable_workload
 from tvmsep.tune import tune
-from tvmsep.tuning_log import RECORD_FILE, VERDICT_FILE, WORKLOAD_FILE, TuningLog, target_folder_name
+from tvmsep.tuning_log import RECORD_FILE, VERDICT_FILE, WORKLOAD_FILE, TuningLog, plain_json, target_folder_name
 from tvmsep.target import host_target
 
 from conftest import assert_close
@@ -90,6 +90,14 @@ def test_job_logs_in_tvm_format_with_a_verdict(tuned_log):
     assert any(r.run_secs and float(r.run_secs[0]) < 1 for r in records), "no candidate ran"
     verdict = json.loads(_lines(folder / VERDICT_FILE)[-1])
     assert verdict["use"] == outcome.use and verdict["trials"] == outcome.trials
+    # The schedule checked against hand-written is one of the three fastest logged others
+    # (this job is the workload's first, so there is no earlier choice among the finalists).
+    log = TuningLog(folder)
+    logged = log.records(log.commit_workload(build.workload_module(wl)))
+    others = sorted((r for r in logged if r.run_secs and str(r.trace) != str(logged[0].trace)),
+                    key=lambda r: np.mean([float(s) for s in r.run_secs]))
+    fastest = list(dict.fromkeys(json.dumps(plain_json(r.trace.as_json(remove_postproc=False))) for r in others))
+    assert json.dumps(verdict["trace"]) in fastest[:3]
 
 
 def test_compiling_uses_the_verdict(tuned_log, monkeypatch, rng):

@@ -60,7 +60,7 @@ def main() -> int:
         f"# Tuning results, {target_folder_name(target)}", "",
         f"- date: {datetime.date.today()}; target: `{target}`",
         "- hand and tuned ms: medians of 5 side-by-side rounds at the end of each tuning job "
-        "(`tvmsep tune`), taken after the 3 fastest logged candidates were measured side by side to pick "
+        "(`tvmsep tune`), taken after the 3 fastest logged candidates and the last job's choice were measured side by side to pick "
         "`tuned`; `chosen` is what compiling now uses, and its speed-up over hand-written",
         f"- this machine's peaks, measured now on {usable_cores()} cores: copy bandwidth {bandwidth:.0f} GB/s "
         f"(512 MiB, read + write), FMA throughput {gflops:.0f} GFLOP/s (fp32, `benchmarks/limits.py`); "

@@ -10,9 +10,9 @@ For each workload, one job:
    decisions are the hand-written choices, and its structural alternatives
    such as other compute-at points) and TVM's generic rules
    (`PostOrderApply`), sharing one budget;
-3. measures the fastest few records again side by side (taking turns,
-   several rounds, medians), because this kind of machine drifts by 2x
-   between minutes, then the best of them against the hand-written schedule
+3. measures the fastest few records and the last job's choice again side by
+   side (taking turns, several rounds, medians), because this kind of machine
+   drifts by 2x between minutes, then the best of them against the hand-written schedule
    the same way, and writes a verdict: the tuned schedule is used only if it
    won.
 
@@ -53,7 +53,7 @@ TRIALS_PER_ROUND = 8
 # Side-by-side rounds at the end of a job, to pick among the fastest logged
 # records and then to check the pick against hand-written.
 VERIFY_ROUNDS = 5
-# Fastest logged records measured again at the end of a job.
+# Fastest logged records measured again at the end of a job (with the last job's choice).
 FINALISTS = 3
 
 

@@ -39,6 +39,21 @@ per panel, [O/NR, C*M, NR], cost more per call than it saved on every MobileNet
 layer tried. For NCHW the roles flip: pixels are the vector axis and output
 channels are broadcast from the weights.
 
+In NHWC, when the output rows split evenly over the cores, they are first cut
+into one chunk per core, outside the panel loop:
+
+    for k in parallel(cores):                       # the rows this core's depthwise wrote
+      for (oo, mo) in (O / NR x rows of chunk k / MR):   # the nest above, serial
+        ...
+
+so each core reads only the part of the intermediate its own depthwise stage
+wrote (TVM splits the depthwise's parallel rows the same way across the pool).
+With the panel loop outermost over all rows, every core read rows the other
+core had just written, moving them between the cores' caches on every call;
+depending on where the host placed the two cores, that doubled a whole
+separable call (MobileNetV2 56x56x144 -> 24: 0.15 or 0.30 ms from one process
+to the next).
+
 Padding is inlined into the depthwise loads; the zero test sits under
 `likely` so loop partitioning can drop it in the interior.
 
@@ -61,7 +76,7 @@ __all__ = ["VERSION", "schedule", "design_spaces", "vector_lanes"]
 
 # Bump when a change here should invalidate compiled modules in user caches
 # (the cache key also hashes this file's source).
-VERSION = 2
+VERSION = 3
 
 # Output pixels per register block in depthwise: WB accumulators plus an
 # input and a filter vector stay well inside 16 (AVX2) or 32 (AVX-512) registers.
@@ -139,7 +154,7 @@ def schedule(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
     parallel = _parallel(wl, target)
     _depthwise(sch, wl, lanes, parallel)
     if wl.op == "separable":
-        _pointwise(sch, wl, lanes, parallel)
+        _pointwise(sch, wl, target, lanes, parallel)
 
 
 def design_spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_tir.Schedule]:
@@ -167,7 +182,7 @@ def design_spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_t
 def _schedule_fused(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
     """NHWC separable with the depthwise computed per output row inside the pointwise (see design_spaces)."""
     lanes = vector_lanes(target, wl.dtype)
-    rows = _pointwise(sch, wl, lanes, _parallel(wl, target), fused=True)
+    rows = _pointwise(sch, wl, target, lanes, _parallel(wl, target), fused=True)
     _depthwise(sch, wl, lanes, parallel=False, row=rows)
 
 
@@ -180,6 +195,14 @@ def _row_blocks(wl: Workload, target: Target) -> list[int]:
 
 def _parallel(wl: Workload, target: Target) -> bool:
     return wl.flops >= PARALLEL_MIN_FLOPS and int(target.attrs.get("num-cores", 1)) > 1
+
+
+def _row_chunks(wl: Workload, target: Target) -> int:
+    """Row chunks for the NHWC pointwise: one per core when the output rows
+    split evenly over them (a tail would put a bounds test in the GEMM's inner
+    loop: it doubled Xception 19x19x728's time), else 1 (the panel-outer nest)."""
+    cores = int(target.attrs.get("num-cores", 1))
+    return cores if (wl.batch * wl.out_height) % cores == 0 else 1
 
 
 def _finish_tile(sch: s_tir.Schedule, block, store, tile_loop, init_loop) -> None:
@@ -240,7 +263,8 @@ def _depthwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool, ro
     _finish_tile(sch, block, store, tile, di)
 
 
-def _pointwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool, fused: bool = False):
+def _pointwise(sch: s_tir.Schedule, wl: Workload, target: Target, lanes: int, parallel: bool,
+               fused: bool = False):
     """Returns the parallel loop; with `fused` (NHWC only), it runs over output
     rows and each row's tiles are a serial loop inside it."""
     # Tiles stay inside one output row: a tile that wrapped rows would make
@@ -253,6 +277,10 @@ def _pointwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool, fu
         if fused:
             sch.reorder(b, i, oo, jo, c, ji, vec)
             outer, tile = sch.fuse(b, i), sch.fuse(oo, jo)
+        elif parallel and (chunks := _row_chunks(wl, target)) > 1:
+            chunk, row = sch.split(sch.fuse(b, i), [chunks, None])
+            sch.reorder(chunk, oo, row, jo, c, ji, vec)
+            outer, tile = chunk, sch.fuse(oo, row, jo)
         else:
             sch.reorder(oo, b, i, jo, c, ji, vec)
             outer = tile = sch.fuse(oo, b, i, jo)

@@ -19,10 +19,18 @@ from conftest import assert_close
 
 TARGET = host_target()
 # Every NHWC configuration of the matrix that has more than one space (epilogues included), plus
-# float64 (half the lanes) and a row-blocked depthwise with a batch, a multiplier, a rate and an epilogue.
+# float64 (half the lanes), a pointwise whose per-core row chunks end mid-image (3 x 6 rows), one
+# whose rows do not split evenly over the cores (7), and a row-blocked depthwise with a batch, a
+# multiplier, a rate and an epilogue.
 SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.layout == "NHWC"] + [
     ("b1-10x12x1-s1-SAME-o20-NHWC-float64",
      separable_workload((1, 10, 10, 12), "float64", (3, 3, 12, 1), "float64", (1, 1, 12, 20), "float64",
+                        [1, 1, 1, 1], "SAME")),
+    ("b3-6x12x64x1-s1-SAME-o64-NHWC-float32",
+     separable_workload((3, 6, 12, 64), "float32", (3, 3, 64, 1), "float32", (1, 1, 64, 64), "float32",
+                        [1, 1, 1, 1], "SAME")),
+    ("b1-7x256x1-s1-SAME-o64-NHWC-float32",
+     separable_workload((1, 7, 7, 256), "float32", (3, 3, 256, 1), "float32", (1, 1, 256, 64), "float32",
                         [1, 1, 1, 1], "SAME"))]
 ROW_BLOCKED = [(name, wl) for name, wl in matrix()
                if wl.op == "depthwise" and wl.layout == "NHWC" and llvm._row_blocks(wl, TARGET)] + [
@@ -76,3 +84,18 @@ def test_other_layouts_and_shapes_have_one_space():
         assert len(_spaces(next(wl for _, wl in matrix() if wl.op == op and wl.layout == "NCHW"))) == 1
     odd_height = next(wl for _, wl in matrix() if wl.op == "depthwise" and wl.out_height == 11)
     assert len(_spaces(odd_height)) == 1
+
+
+@pytest.mark.skipif(int(TARGET.attrs.get("num-cores", 1)) < 2, reason="one core: nothing runs in parallel")
+def test_pointwise_rows_are_chunked_per_core():
+    """Each core's pointwise reads the intermediate rows its own depthwise wrote
+    (module docstring): one parallel chunk per core when the rows split evenly,
+    else the panel-outer nest over all tiles."""
+    cores = int(TARGET.attrs["num-cores"])
+    by_name = dict(SEPARABLE)
+    even, odd = by_name["b3-6x12x64x1-s1-SAME-o64-NHWC-float32"], by_name["b1-7x256x1-s1-SAME-o64-NHWC-float32"]
+    assert llvm._parallel(even, TARGET) and llvm._parallel(odd, TARGET)
+    if (even.batch * even.out_height) % cores == 0:
+        assert f"T.parallel({cores})" in build.hand_schedule(even, TARGET).mod.script()
+    if (odd.batch * odd.out_height) % cores:
+        assert f"T.parallel({cores})" not in build.hand_schedule(odd, TARGET).mod.script()

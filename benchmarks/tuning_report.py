@@ -38,7 +38,7 @@ def main() -> int:
     target = host_target()
     verdicts = read_verdicts(log_folders(target)[-1])  # the logs shipped in the package
     bandwidth, gflops, blas = copy_bandwidth_gbs(), fma_peak_gflops(), blas_gflops()
-    rows, speedups = [], []
+    rows, speedups, peak_shares = [], {"depthwise": [], "separable": []}, {"depthwise": [], "separable": []}
     for name in args.networks.split(","):
         for op in ("depthwise", "separable"):
             for wl in dict.fromkeys(layer.workload(op) for layer in network(name)):
@@ -47,15 +47,19 @@ def main() -> int:
                     rows.append(f"| {name} | {wl.describe()} | not tuned | | | | | | |")
                     continue
                 chosen_ms = verdict["tuned_ms"] if verdict["use"] == "tuned" else verdict["hand_ms"]
-                speedups.append(verdict["hand_ms"] / chosen_ms)
+                speedups[op].append(verdict["hand_ms"] / chosen_ms)
                 achieved_gflops = wl.flops / chosen_ms / 1e6
+                peak_shares[op].append(achieved_gflops / gflops)
                 achieved_gbs = compulsory_bytes(wl) / chosen_ms / 1e6
                 rows.append(f"| {name} | {wl.describe()} | {verdict['hand_ms']:.4f} | {verdict['tuned_ms']:.4f} | "
                             f"{verdict['use']} {verdict['hand_ms'] / chosen_ms:.2f}x | {verdict['trials']} | "
                             f"{achieved_gflops:.0f} ({achieved_gflops / gflops:.0%}) | "
                             f"{achieved_gbs:.0f} ({achieved_gbs / bandwidth:.0%}) | "
                             f"{copy_ms(compulsory_bytes(wl)):.4f} |")
-    geomean = statistics.geometric_mean(speedups) if speedups else float("nan")
+    every = speedups["depthwise"] + speedups["separable"]
+    geomean = statistics.geometric_mean(every) if every else float("nan")
+    per_op = [f"{op}: {statistics.geometric_mean(s):.2f}x over {len(s)}, chosen kernels at a median "
+              f"{statistics.median(peak_shares[op]):.0%} of the FMA peak" for op, s in speedups.items() if s]
     report = "\n".join([
         f"# Tuning results, {target_folder_name(target)}", "",
         f"- date: {datetime.date.today()}; target: `{target}`",
@@ -71,7 +75,7 @@ def main() -> int:
         "|---|---|---|---|---|---|---|---|---|",
         *rows, "",
         f"Geometric-mean speed-up of the chosen schedules over hand-written: {geomean:.2f}x "
-        f"over {len(speedups)} workloads.", ""])
+        f"over {len(every)} workloads ({'; '.join(per_op)}).", ""])
     print(report)
     output = args.output or Path(__file__).parent / "results" / f"tuning-{target.attrs['mcpu']}.md"
     output.write_text(report)

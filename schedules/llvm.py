@@ -49,10 +49,10 @@ into one chunk per core, outside the panel loop:
 so each core reads only the part of the intermediate its own depthwise stage
 wrote (TVM splits the depthwise's parallel rows the same way across the pool).
 With the panel loop outermost over all rows, every core read rows the other
-core had just written, moving them between the cores' caches on every call;
-depending on where the host placed the two cores, that doubled a whole
-separable call (MobileNetV2 56x56x144 -> 24: 0.15 or 0.30 ms from one process
-to the next).
+core had just written, moving them between the cores' caches on every call,
+and a whole separable call took up to twice as long in some processes than in
+others (MobileNetV2 56x56x144 -> 24: 0.15 or 0.29 ms; chunked, 0.14-0.15 ms
+in the same runs).
 
 Padding is inlined into the depthwise loads; the zero test sits under
 `likely` so loop partitioning can drop it in the interior.

@@ -38,9 +38,10 @@ def main() -> int:
     target = host_target()
     verdicts = read_verdicts(log_folders(target)[-1])  # the logs shipped in the package
     bandwidth, gflops, blas = copy_bandwidth_gbs(), fma_peak_gflops(), blas_gflops()
-    rows, speedups, peak_shares = [], {"depthwise": [], "separable": []}, {"depthwise": [], "separable": []}
+    ops = ("depthwise", "separable")
+    rows, speedups, peak_shares = [], {op: [] for op in ops}, {op: [] for op in ops}
     for name in args.networks.split(","):
-        for op in ("depthwise", "separable"):
+        for op in ops:
             for wl in dict.fromkeys(layer.workload(op) for layer in network(name)):
                 verdict = verdicts.get(module_hash(workload_module(wl)))
                 if verdict is None:
@@ -49,14 +50,15 @@ def main() -> int:
                 chosen_ms = verdict["tuned_ms"] if verdict["use"] == "tuned" else verdict["hand_ms"]
                 speedups[op].append(verdict["hand_ms"] / chosen_ms)
                 achieved_gflops = wl.flops / chosen_ms / 1e6
-                peak_shares[op].append(achieved_gflops / gflops)
+                flops_share = achieved_gflops / gflops
+                peak_shares[op].append(flops_share)
                 achieved_gbs = compulsory_bytes(wl) / chosen_ms / 1e6
                 rows.append(f"| {name} | {wl.describe()} | {verdict['hand_ms']:.4f} | {verdict['tuned_ms']:.4f} | "
                             f"{verdict['use']} {verdict['hand_ms'] / chosen_ms:.2f}x | {verdict['trials']} | "
-                            f"{achieved_gflops:.0f} ({achieved_gflops / gflops:.0%}) | "
+                            f"{achieved_gflops:.0f} ({flops_share:.0%}) | "
                             f"{achieved_gbs:.0f} ({achieved_gbs / bandwidth:.0%}) | "
                             f"{copy_ms(compulsory_bytes(wl)):.4f} |")
-    every = speedups["depthwise"] + speedups["separable"]
+    every = [s for op in ops for s in speedups[op]]
     geomean = statistics.geometric_mean(every) if every else float("nan")
     per_op = [f"{op}: {statistics.geometric_mean(s):.2f}x over {len(s)}, chosen kernels at a median "
               f"{statistics.median(peak_shares[op]):.0%} of the FMA peak" for op, s in speedups.items() if s]
@@ -64,8 +66,9 @@ def main() -> int:
         f"# Tuning results, {target_folder_name(target)}", "",
         f"- date: {datetime.date.today()}; target: `{target}`",
         "- hand and tuned ms: medians of 5 side-by-side rounds at the end of each tuning job "
-        "(`tvmsep tune`), taken after the 3 fastest logged candidates and the last job's choice were measured side by side to pick "
-        "`tuned`; `chosen` is what compiling now uses, and its speed-up over hand-written",
+        "(`tvmsep tune`), taken after the 3 fastest logged candidates and the last job's choice "
+        "were measured side by side to pick `tuned`; `chosen` is what compiling now uses, and its "
+        "speed-up over hand-written",
         f"- this machine's peaks, measured now on {usable_cores()} cores: copy bandwidth {bandwidth:.0f} GB/s "
         f"(512 MiB, read + write), FMA throughput {gflops:.0f} GFLOP/s (fp32, `benchmarks/limits.py`); "
         "for comparison, a 2048^3 fp32 GEMM: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in blas.items()),

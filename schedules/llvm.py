@@ -189,19 +189,22 @@ def _schedule_fused(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
 def _row_blocks(wl: Workload, target: Target) -> list[int]:
     """Output rows per block for the row-blocked depthwise: divisors of the
     height (a tail would add a bounds test) that leave every core two blocks."""
-    cores = int(target.attrs.get("num-cores", 1))
-    return [r for r in (2, 4, 8) if wl.out_height % r == 0 and wl.batch * wl.out_height // r >= 2 * cores]
+    return [r for r in (2, 4, 8) if wl.out_height % r == 0 and wl.batch * wl.out_height // r >= 2 * _cores(target)]
+
+
+def _cores(target: Target) -> int:
+    return int(target.attrs.get("num-cores", 1))
 
 
 def _parallel(wl: Workload, target: Target) -> bool:
-    return wl.flops >= PARALLEL_MIN_FLOPS and int(target.attrs.get("num-cores", 1)) > 1
+    return wl.flops >= PARALLEL_MIN_FLOPS and _cores(target) > 1
 
 
 def _row_chunks(wl: Workload, target: Target) -> int:
     """Row chunks for the NHWC pointwise: one per core when the output rows
     split evenly over them (a tail would put a bounds test in the GEMM's inner
     loop: it doubled Xception 19x19x728's time), else 1 (the panel-outer nest)."""
-    cores = int(target.attrs.get("num-cores", 1))
+    cores = _cores(target)
     return cores if (wl.batch * wl.out_height) % cores == 0 else 1
 
 

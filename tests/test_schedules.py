@@ -20,8 +20,9 @@ from conftest import assert_close
 TARGET = host_target()
 # Every NHWC configuration of the matrix that has more than one space (epilogues included), plus
 # float64 (half the lanes), a pointwise whose per-core row chunks end mid-image (3 x 6 rows), one
-# whose rows do not split evenly over the cores (7), and a row-blocked depthwise with a batch, a
-# multiplier, a rate and an epilogue.
+# whose rows do not split evenly over the cores (7), one whose pointwise is padded (a width of 11 and
+# 72 output channels, with an epilogue), and a row-blocked depthwise with a batch, a multiplier, a
+# rate and an epilogue.
 SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.layout == "NHWC"] + [
     ("b1-10x12x1-s1-SAME-o20-NHWC-float64",
      separable_workload((1, 10, 10, 12), "float64", (3, 3, 12, 1), "float64", (1, 1, 12, 20), "float64",
@@ -31,7 +32,10 @@ SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.
                         [1, 1, 1, 1], "SAME")),
     ("b1-7x256x1-s1-SAME-o64-NHWC-float32",
      separable_workload((1, 7, 7, 256), "float32", (3, 3, 256, 1), "float32", (1, 1, 256, 64), "float32",
-                        [1, 1, 1, 1], "SAME"))]
+                        [1, 1, 1, 1], "SAME")),
+    ("b1-11x16x1-s1-SAME-o72-bias-relu6-NHWC-float32",
+     separable_workload((1, 11, 11, 16), "float32", (3, 3, 16, 1), "float32", (1, 1, 16, 72), "float32",
+                        [1, 1, 1, 1], "SAME", bias=((72,), "float32"), activation="relu6"))]
 ROW_BLOCKED = [(name, wl) for name, wl in matrix()
                if wl.op == "depthwise" and wl.layout == "NHWC" and llvm._row_blocks(wl, TARGET)] + [
     ("b2-12x6x2-s1-SAME-r2-bias-relu6-NHWC-float32",
@@ -99,3 +103,18 @@ def test_pointwise_rows_are_chunked_per_core():
         assert f"T.parallel({cores})" in build.hand_schedule(even, TARGET).mod.script()
     if (odd.batch * odd.out_height) % cores:
         assert f"T.parallel({cores})" not in build.hand_schedule(odd, TARGET).mod.script()
+
+
+def test_pointwise_tails_are_padded_out_of_the_gemm_loop():
+    """A width with no good row block (11) and channels that are not whole
+    vector registers (72) pad the GEMM's domain: no bounds test in its inner
+    loop, full-register vectors. Shapes that fit are not padded."""
+    lanes = llvm.vector_lanes(TARGET, "float32")
+    padded = dict(SEPARABLE)["b1-11x16x1-s1-SAME-o72-bias-relu6-NHWC-float32"]
+    assert llvm._gemm_padding(padded, lanes) == (6, 16), "11 -> 12 in blocks of 6, 72 -> 80 channels"
+    before, update = build.hand_schedule(padded, TARGET).mod.script().split('T.sblock("pointwise_update")')
+    assert "T.where" not in update.split("T.sblock(")[0], update
+    assert "T.vectorized(16)" in before.rsplit("for c in", 1)[1], "one vector of 16 channels per row"
+    fits = dict(SEPARABLE)["b3-6x12x64x1-s1-SAME-o64-NHWC-float32"]
+    assert llvm._gemm_padding(fits, lanes) == (1, 1)
+    assert "pad_einsum" not in str(build.hand_schedule(fits, TARGET).trace)

@@ -63,8 +63,8 @@ weights, and stores only the real outputs. A bounds test in the GEMM loop, or
 half-width vectors, cost more than the padded work: Xception's 19x19x728 -> 728
 took 2.6 ms, padded 1.04 ms, of which 92% in the GEMM loop at 83% of the FMA peak.
 
-Padding is inlined into the depthwise loads; the zero test sits under
-`likely` so loop partitioning can drop it in the interior.
+Padding is inlined into the depthwise loads as a zero test (kernels are built
+without loop partitioning, which miscompiled some shapes: tvmsep/build.py).
 
 The block sizes and vector widths are knobs: each is a meta-schedule
 `sample_categorical` whose decision is the hand-written choice, so this same

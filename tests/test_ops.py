@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import tvmsep
@@ -69,6 +69,14 @@ def _poisoned(shape, dtype):
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cfg=configs(), use_out=st.booleans())
+# Found by this test when kernels were built with TVM's loop partitioning: a loop cut to a
+# negative extent (first), wrong rows (second).
+@example(cfg={"x_shape": (2, 3, 5, 1), "f_shape": (2, 1, 1, 1), "p_shape": (1, 1, 1, 1), "strides": [1, 1, 1, 1],
+              "padding": [[0, 0], [0, 1], [0, 0], [0, 0]], "rate": [2, 2], "data_format": "NHWC",
+              "dtype": "float32", "activation": None, "bias": False}, use_out=False)
+@example(cfg={"x_shape": (1, 20, 7, 8), "f_shape": (1, 3, 20, 1), "p_shape": (1, 1, 20, 1), "strides": [1, 1, 2, 1],
+              "padding": [[0, 0], [0, 0], [0, 3], [0, 0]], "rate": None, "data_format": "NCHW",
+              "dtype": "float32", "activation": None, "bias": False}, use_out=False)
 def test_depthwise_matches_reference(cfg, use_out):
     rng = np.random.default_rng()
     x, f = _random(rng, cfg["x_shape"], cfg["dtype"]), _random(rng, cfg["f_shape"], cfg["dtype"])

@@ -41,7 +41,7 @@ def accumulation_dtype(dtype: str) -> str:
 
 
 def _pad(x: te.Tensor, wl: Workload) -> te.Tensor:
-    """Zero padding; the `likely` marks the interior for loop partitioning."""
+    """Zero padding; the `likely` marks the interior (kernels are built without loop partitioning: build.py)."""
     h_axis, w_axis = (1, 2) if wl.layout == "NHWC" else (2, 3)
     zero = tirx.const(0, wl.dtype)
     shape = list(x.shape)

@@ -116,5 +116,5 @@ def test_pointwise_tails_are_padded_out_of_the_gemm_loop():
     assert "T.where" not in update.split("T.sblock(")[0], update
     assert "T.vectorized(16)" in before.rsplit("for c in", 1)[1], "one vector of 16 channels per row"
     fits = dict(SEPARABLE)["b3-6x12x64x1-s1-SAME-o64-NHWC-float32"]
-    assert llvm._gemm_padding(fits, lanes) == (1, 1)
+    assert llvm._gemm_padding(fits, lanes) == (6, 1), "12 wide in rows of 6, 64 channels"
     assert "pad_einsum" not in str(build.hand_schedule(fits, TARGET).trace)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-__all__ = ["has_block", "accumulator", "store_once", "loop_depth"]
+__all__ = ["has_block", "explicit_store", "accumulator", "store_once", "loop_depth"]
 
 
 def has_block(sch: s_tir.Schedule, name: str) -> bool:
@@ -15,18 +15,24 @@ def has_block(sch: s_tir.Schedule, name: str) -> bool:
     return True
 
 
+def explicit_store(sch: s_tir.Schedule, name: str):
+    """The stage that stores `name`'s result when the op has one (`<name>_epilogue`:
+    bias, activation; `<name>_cast`: float16), else None."""
+    for suffix in ("_epilogue", "_cast"):
+        if has_block(sch, name + suffix):
+            return sch.get_sblock(name + suffix)
+    return None
+
+
 def accumulator(sch: s_tir.Schedule, name: str) -> tuple:
     """(compute block, store block): accumulate in registers, store once per tile.
 
-    A stage with an epilogue (`<name>_epilogue`: bias, activation) or float16
-    (`<name>_cast`) already has an explicit stage that stores; otherwise the
+    A stage with an explicit store (`explicit_store`) keeps it; otherwise the
     accumulator is a local cache of the output.
     """
     block = sch.get_sblock(name)
-    for suffix in ("_epilogue", "_cast"):
-        if has_block(sch, name + suffix):
-            return block, sch.get_sblock(name + suffix)
-    return block, sch.cache_write(block, 0, "local")
+    store = explicit_store(sch, name)
+    return block, sch.cache_write(block, 0, "local") if store is None else store
 
 
 def store_once(sch: s_tir.Schedule, block, store, tile_loop, reduction_loop):

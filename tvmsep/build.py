@@ -23,15 +23,6 @@ from .tuning_log import log_folders, module_hash, plain_json, read_verdicts
 
 __all__ = ["workload_module", "tuned_trace", "hand_schedule", "scheduled_module", "compile_scheduled", "compile_module"]
 
-# Built without TVM's loop partitioning (`partition_const_loop`), which would split
-# the padded border from the interior and drop the inlined padding's zero test
-# there: it miscompiled shapes the property tests drew (a NCHW 20x7x8, 1x3 filter,
-# stride 2 with 3 padded rows at the bottom gave wrong rows; a batch of 2 with a
-# rate-2 filter over one padded row failed to build), and it bought at most 18%
-# on the preset layers (MobileNetV1 112x112x32 depthwise 0.034 vs 0.040 ms; most
-# layers were unchanged).
-_PASS_CONFIG: dict = {}
-
 
 def schedules_for(target: Target):
     """The hand-written schedule module for `target`'s kind."""
@@ -117,7 +108,14 @@ def scheduled_module(wl: Workload, target: Target, trace: Any | None = None) -> 
 
 def compile_scheduled(mod: tvm.IRModule, target: Target) -> tvm.runtime.Module:
     """TVM's compiler with the pass configuration every tvmsep kernel is built with."""
-    with tvm.transform.PassContext(opt_level=3, config=_PASS_CONFIG):
+    # Built without TVM's loop partitioning (`partition_const_loop`), which would split
+    # the padded border from the interior and drop the inlined padding's zero test
+    # there: it miscompiled shapes the property tests drew (a NCHW 20x7x8, 1x3 filter,
+    # stride 2 with 3 padded rows at the bottom gave wrong rows; a batch of 2 with a
+    # rate-2 filter over one padded row failed to build), and it bought at most 18%
+    # on the preset layers (MobileNetV1 112x112x32 depthwise 0.034 vs 0.040 ms; most
+    # layers were unchanged).
+    with tvm.transform.PassContext(opt_level=3):
         return tvm.compile(mod, target=target)
 
 

@@ -224,6 +224,20 @@ def test_bad_target():
         tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", target=42)
 
 
+def test_memo_keeps_apart_values_that_compare_equal(rng):
+    """Calls are remembered by their argument values, and a remembered call skips the
+    checks; values equal to a remembered one but of another type must still be checked."""
+    x, f = _random(rng, (1, 8, 8, 4), "float32"), _random(rng, (3, 3, 4, 1), "float32")
+    pads = [[0, 0], [1, 1], [1, 1], [0, 0]]
+    expected = tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], pads)
+    assert_close(tvmsep.depthwise_conv2d(x, f, (1, 1, 1, 1), np.array(pads)), expected, "float32")
+    for strides in ([True, 1, 1, 1], [1.0, 1, 1, 1]):
+        with pytest.raises(ValueError, match="`strides` must be a list of 4 ints"):
+            tvmsep.depthwise_conv2d(x, f, strides, pads)
+    with pytest.raises(ValueError, match="explicit `padding` must be 4"):
+        tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], np.array(pads).ravel())
+
+
 def test_torch_tensors_round_trip_zero_copy(rng):
     torch = pytest.importorskip("torch")
     x = torch.from_numpy(_random(rng, (2, 10, 10, 8), "float32"))

@@ -125,12 +125,14 @@ def output_array(fn: str, out: Any, wl: Workload, inputs: Sequence[Array]) -> Ar
     else:
         raise TypeError(f"{fn}: `out` must be a numpy array or a DLPack tensor, got {type(out).__name__}")
     _check_shape_dtype(fn, view.shape, view.dtype, wl)
-    if not view.flags.c_contiguous:
+    flags = view.flags
+    if not flags.c_contiguous:
         raise ValueError(f"{fn}: `out` must be C-contiguous")
-    if not view.flags.writeable:
+    if not flags.writeable:
         raise ValueError(f"{fn}: `out` is read-only")
-    if any(isinstance(a, np.ndarray) and np.may_share_memory(view, a) for a in inputs):
-        raise ValueError(f"{fn}: `out` overlaps an input; the kernel would read what it overwrites")
+    for a in inputs:
+        if isinstance(a, np.ndarray) and np.may_share_memory(view, a):
+            raise ValueError(f"{fn}: `out` overlaps an input; the kernel would read what it overwrites")
     return view
 
 
@@ -145,16 +147,6 @@ def _device_output(fn: str, out: Any, wl: Workload, inputs: Sequence[Array]) -> 
                 and a.data_ptr() < stop and start < a.data_ptr() + _nbytes(a):
             raise ValueError(f"{fn}: `out` overlaps an input; the kernel would read what it overwrites")
     return tensor
-
-
-def _host_input(a: np.ndarray) -> np.ndarray:
-    """`a` itself when the kernel can read it in place, else a C-contiguous copy: the
-    compiled code takes compact arrays only, and numpy's DLPack export refuses
-    read-only ones (its DLPack version cannot mark them read-only)."""
-    flags = a.flags
-    if flags.c_contiguous and flags.writeable:
-        return a
-    return np.array(a, order="C")
 
 
 def _nbytes(tensor: tvm_ffi.Tensor) -> int:
@@ -183,6 +175,7 @@ class Kernel:
         self.device = device if device is not None else tvm.cpu()
         self._function = function
         self._on_gpu = self.device.dlpack_device_type() == CUDA
+        self._output = (workload.output_shape, np.dtype(workload.dtype))  # np.empty's arguments, parsed once
 
     def run(self, inputs: Sequence[Array], out: Array | None, home: Home = HOST) -> Array:
         """Compute into `out` (allocated when None); arguments are already validated.
@@ -192,14 +185,26 @@ class Kernel:
         """
         if self._on_gpu:
             return self._run_on_gpu(inputs, out, home)
+        if out is None:
+            out = np.empty(*self._output)
+        try:
+            self._function(*inputs, out)  # numpy crosses by DLPack, without a copy
+        except (ValueError, BufferError):  # refused before any work: a strided or read-only input
+            self._function(*self._compact_host_inputs(inputs), out)
+        return out
+
+    def _compact_host_inputs(self, inputs: Sequence[Array]) -> list[np.ndarray]:
+        """The inputs with a C-contiguous copy of each the kernel cannot read in place: the
+        compiled code takes compact arrays only, and numpy's DLPack export refuses read-only
+        ones (its DLPack version cannot mark them read-only)."""
+        compact = []
         for a in inputs:
             if not isinstance(a, np.ndarray):
                 raise ValueError(f"this kernel runs on {self.device}; the arrays must be on the CPU, "
                                  f"got one on {a.device}")
-        if out is None:
-            out = np.empty(self.workload.output_shape, self.workload.dtype)
-        self._function(*map(_host_input, inputs), out)  # numpy crosses by DLPack, without a copy
-        return out
+            flags = a.flags
+            compact.append(a if flags.c_contiguous and flags.writeable else np.array(a, order="C"))
+        return compact
 
     def _run_on_gpu(self, inputs: Sequence[Array], out: Array | None, home: Home) -> Array:
         wl = self.workload

@@ -21,8 +21,9 @@ TARGET = host_target()
 # Every NHWC configuration of the matrix that has more than one space (epilogues included), plus
 # float64 (half the lanes), a pointwise whose per-core row chunks end mid-image (3 x 6 rows), one
 # whose rows do not split evenly over the cores (7), one whose pointwise is padded (a width of 11 and
-# 72 output channels, with an epilogue), and a row-blocked depthwise with a batch, a multiplier, a
-# rate and an epilogue.
+# 72 output channels, with an epilogue), one whose intermediate is too large for a core's L2, computed
+# chunk by chunk (with a multiplier and an epilogue), and a row-blocked depthwise with a batch, a
+# multiplier, a rate and an epilogue.
 SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.layout == "NHWC"] + [
     ("b1-10x12x1-s1-SAME-o20-NHWC-float64",
      separable_workload((1, 10, 10, 12), "float64", (3, 3, 12, 1), "float64", (1, 1, 12, 20), "float64",
@@ -35,7 +36,10 @@ SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.
                         [1, 1, 1, 1], "SAME")),
     ("b1-11x16x1-s1-SAME-o72-bias-relu6-NHWC-float32",
      separable_workload((1, 11, 11, 16), "float32", (3, 3, 16, 1), "float32", (1, 1, 16, 72), "float32",
-                        [1, 1, 1, 1], "SAME", bias=((72,), "float32"), activation="relu6"))]
+                        [1, 1, 1, 1], "SAME", bias=((72,), "float32"), activation="relu6")),
+    ("b8-28x48x2-s1-SAME-o32-bias-relu6-NHWC-float32",
+     separable_workload((8, 28, 28, 48), "float32", (3, 3, 48, 2), "float32", (1, 1, 96, 32), "float32",
+                        [1, 1, 1, 1], "SAME", bias=((32,), "float32"), activation="relu6"))]
 ROW_BLOCKED = [(name, wl) for name, wl in matrix()
                if wl.op == "depthwise" and wl.layout == "NHWC" and llvm._row_blocks(wl, TARGET)] + [
     ("b2-12x6x2-s1-SAME-r2-bias-relu6-NHWC-float32",
@@ -69,17 +73,37 @@ def test_every_design_space_matches_the_reference(name, wl, rng):
         _check(resampled, wl, rng)
 
 
-def test_fused_space_keeps_only_one_row_of_the_intermediate():
-    """The point of fusing: the depthwise result lives in a one-row buffer."""
-    wl = SEPARABLE[0][1]
-    fused = _spaces(wl)[1]
+def _intermediate_allocation(mod) -> str:
+    """The script of `mod` once each buffer is allocated where it is used, as small as its uses."""
     passes = tvm.s_tir.transform
     lower = tvm.transform.Sequential([passes.LowerInitBlock(), passes.PlanAndUpdateBufferAllocationLocation(),
                                       passes.ConvertBlocksToOpaque(), passes.CompactBufferAllocation()])
-    text = lower(fused.mod).script()
+    return lower(mod).script()
+
+
+def test_fused_space_keeps_only_one_row_of_the_intermediate():
+    """The point of fusing: the depthwise result lives in a one-row buffer."""
+    wl = SEPARABLE[0][1]
+    text = _intermediate_allocation(_spaces(wl)[1].mod)
     assert f"depthwise = T.sblock_alloc_buffer((1, 1, {wl.out_width}, {wl.mid_channels})" in text, text
     two_stage = _spaces(wl)[0].mod.script()
     assert f"({wl.batch}, {wl.out_height}, {wl.out_width}, {wl.mid_channels})" in two_stage
+
+
+@pytest.mark.skipif(int(TARGET.attrs.get("num-cores", 1)) < 2, reason="one core: nothing runs in parallel")
+def test_an_intermediate_too_large_for_l2_is_computed_chunk_by_chunk():
+    """Past a core's L2 share (llvm.INTERMEDIATE_CORE_BYTES) the hand-written separable
+    computes the depthwise per chunk of whole rows of one image, inside the GEMM's
+    parallel loop; below it, as a whole stage."""
+    lanes = llvm.vector_lanes(TARGET, "float32")
+    large = dict(SEPARABLE)["b8-28x48x2-s1-SAME-o32-bias-relu6-NHWC-float32"]
+    rows = llvm._chunk_rows(large, TARGET, lanes)
+    assert rows >= 2 and large.out_height % rows == 0, rows
+    assert rows * large.out_width * large.mid_channels * 4 <= llvm.CHUNK_BYTES
+    text = _intermediate_allocation(build.hand_schedule(large, TARGET).mod)
+    assert f"depthwise = T.sblock_alloc_buffer((1, {rows}, {large.out_width}, {large.mid_channels})" in text, text
+    small = dict(SEPARABLE)["b3-6x12x64x1-s1-SAME-o64-NHWC-float32"]
+    assert llvm._chunk_rows(small, TARGET, lanes) == 0
 
 
 def test_other_layouts_and_shapes_have_one_space():

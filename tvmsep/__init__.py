@@ -11,9 +11,9 @@ loads bundles never loads TVM's compiler.
 
 __version__ = "0.1.0"
 
-from .threads import size_thread_pool
+from .threads import configure_thread_pool
 
-size_thread_pool()  # before TVM starts its pool; see threads.py
+configure_thread_pool()  # before TVM starts its pool; see threads.py
 
 __all__ = ["depthwise_conv2d", "separable_conv2d", "load", "__version__"]
 

@@ -345,9 +345,14 @@ def _gemm_padding(wl: Workload, lanes: int) -> tuple[int, int]:
     return rows, channels
 
 
-def _pads_gemm(wl: Workload, lanes: int) -> bool:
+def _gemm_domain(wl: Workload, lanes: int) -> tuple[int, int, int]:
+    """(rows per GEMM tile, width, output channels) of the NHWC pointwise's GEMM, padded."""
     rows, multiple = _gemm_padding(wl, lanes)
-    return wl.out_width % rows != 0 or multiple > 1
+    return rows, _round_up(wl.out_width, rows), _round_up(wl.out_channels, multiple)
+
+
+def _pads_gemm(wl: Workload, lanes: int) -> bool:
+    return _gemm_domain(wl, lanes)[1:] != (wl.out_width, wl.out_channels)
 
 
 def _padded_block(extent: int, preferred: int) -> int:
@@ -404,8 +409,7 @@ def _pointwise(sch: s_tir.Schedule, wl: Workload, target: Target, lanes: int, pa
     # the store's region a bounding box of whole rows.
     row_block, width, channels = _block(wl.out_width, GEMM_ROWS), wl.out_width, wl.out_channels
     if wl.layout == "NHWC" and not chunk_rows:
-        row_block, multiple = _gemm_padding(wl, lanes)
-        width, channels = _round_up(width, row_block), _round_up(channels, multiple)
+        row_block, width, channels = _gemm_domain(wl, lanes)
     if (width, channels) == (wl.out_width, wl.out_channels):
         block, store = accumulator(sch, "pointwise")
     else:

@@ -21,9 +21,9 @@ TARGET = host_target()
 # Every NHWC configuration of the matrix that has more than one space (epilogues included), plus
 # float64 (half the lanes), a pointwise whose per-core row chunks end mid-image (3 x 6 rows), one
 # whose rows do not split evenly over the cores (7), one whose pointwise is padded (a width of 11 and
-# 72 output channels, with an epilogue), one whose intermediate is too large for a core's L2, computed
-# chunk by chunk (with a multiplier and an epilogue), and a row-blocked depthwise with a batch, a
-# multiplier, a rate and an epilogue.
+# 72 output channels, with an epilogue; its 11 rows of two tiles split over the cores by tile), one
+# whose intermediate is too large for a core's L2, computed chunk by chunk (with a multiplier and an
+# epilogue), and a row-blocked depthwise with a batch, a multiplier, a rate and an epilogue.
 SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.layout == "NHWC"] + [
     ("b1-10x12x1-s1-SAME-o20-NHWC-float64",
      separable_workload((1, 10, 10, 12), "float64", (3, 3, 12, 1), "float64", (1, 1, 12, 20), "float64",
@@ -34,8 +34,8 @@ SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.
     ("b1-7x256x1-s1-SAME-o64-NHWC-float32",
      separable_workload((1, 7, 7, 256), "float32", (3, 3, 256, 1), "float32", (1, 1, 256, 64), "float32",
                         [1, 1, 1, 1], "SAME")),
-    ("b1-11x16x1-s1-SAME-o72-bias-relu6-NHWC-float32",
-     separable_workload((1, 11, 11, 16), "float32", (3, 3, 16, 1), "float32", (1, 1, 16, 72), "float32",
+    ("b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32",
+     separable_workload((1, 11, 11, 64), "float32", (3, 3, 64, 1), "float32", (1, 1, 64, 72), "float32",
                         [1, 1, 1, 1], "SAME", bias=((72,), "float32"), activation="relu6")),
     ("b8-28x48x2-s1-SAME-o32-bias-relu6-NHWC-float32",
      separable_workload((8, 28, 28, 48), "float32", (3, 3, 48, 2), "float32", (1, 1, 96, 32), "float32",
@@ -118,15 +118,19 @@ def test_other_layouts_and_shapes_have_one_space():
 def test_pointwise_rows_are_chunked_per_core():
     """Each core's pointwise reads the intermediate rows its own depthwise wrote
     (module docstring): one parallel chunk per core when the rows split evenly,
-    else the panel-outer nest over all tiles."""
+    or else their GEMM tiles (11 rows padded to 12 wide, in two tiles each), else
+    the panel-outer nest over all tiles."""
     cores = int(TARGET.attrs["num-cores"])
     by_name = dict(SEPARABLE)
     even, odd = by_name["b3-6x12x64x1-s1-SAME-o64-NHWC-float32"], by_name["b1-7x256x1-s1-SAME-o64-NHWC-float32"]
-    assert llvm._parallel(even, TARGET) and llvm._parallel(odd, TARGET)
+    tiled = by_name["b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32"]
+    assert all(llvm._parallel(wl, TARGET) for wl in (even, odd, tiled))
     if (even.batch * even.out_height) % cores == 0:
         assert f"T.parallel({cores})" in build.hand_schedule(even, TARGET).mod.script()
     if (odd.batch * odd.out_height) % cores:
         assert f"T.parallel({cores})" not in build.hand_schedule(odd, TARGET).mod.script()
+    if (tiled.batch * tiled.out_height) % cores and (tiled.batch * tiled.out_height * 2) % cores == 0:
+        assert f"T.parallel({cores})" in build.hand_schedule(tiled, TARGET).mod.script()
 
 
 def test_pointwise_tails_are_padded_out_of_the_gemm_loop():
@@ -134,7 +138,7 @@ def test_pointwise_tails_are_padded_out_of_the_gemm_loop():
     vector registers (72) pad the GEMM's domain: no bounds test in its inner
     loop, full-register vectors. Shapes that fit are not padded."""
     lanes = llvm.vector_lanes(TARGET, "float32")
-    padded = dict(SEPARABLE)["b1-11x16x1-s1-SAME-o72-bias-relu6-NHWC-float32"]
+    padded = dict(SEPARABLE)["b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32"]
     assert llvm._gemm_padding(padded, lanes) == (6, 16), "11 -> 12 in blocks of 6, 72 -> 80 channels"
     before, update = build.hand_schedule(padded, TARGET).mod.script().split('T.sblock("pointwise_update")')
     assert "T.where" not in update.split("T.sblock(")[0], update

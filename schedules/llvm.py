@@ -55,7 +55,9 @@ With the panel loop outermost over all rows, every core read rows the other
 core had just written, moving them between the cores' caches on every call,
 and a whole separable call took up to twice as long in some processes than in
 others (MobileNetV2 56x56x144 -> 24: 0.15 or 0.29 ms; chunked, 0.14-0.15 ms
-in the same runs).
+in the same runs). When the rows do not split evenly but the GEMM's row tiles do
+(Xception's 19 rows of two tiles), the tiles are cut the same way; a chunk with a
+tail would put a bounds test in the GEMM's inner loop (`_pointwise_chunks`).
 
 When one core's share of the intermediate is larger than an L2 (8 x 56x56x128:
 6.4 MB), the GEMM would read it back from L3 once per panel. The depthwise is

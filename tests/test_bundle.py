@@ -238,3 +238,59 @@ def test_bad_layer_files_are_clear_errors(tmp_path):
     path.write_text(json.dumps([{**layer, "bias": True, "activation": "relu"}]))
     (_, wl), = layers_from_file(path)
     assert wl.bias and wl.activation == "relu" and wl.arg_shapes[-1] == (8,)
+
+
+def _one_layer_file(tmp_path):
+    spec = [{"name": "dw", "input_shape": [1, 6, 6, 4], "filter_shape": [3, 3, 4, 1], "strides": [1, 1, 1, 1],
+             "padding": "SAME"}]
+    (tmp_path / "layers.json").write_text(json.dumps(spec))
+    return str(tmp_path / "layers.json")
+
+
+def test_compile_out_refuses_a_folder_that_is_not_a_bundle(tmp_path, capsys):
+    from tvmsep.cli import main as cli_main
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "notes.txt").write_text("mine")
+    (project / "src" / "main.py").write_text("print('mine')")
+    assert cli_main(["compile", "--layers", _one_layer_file(tmp_path), "--out", str(project)]) == 2
+    assert "not part of a tvmsep bundle (notes.txt, src)" in capsys.readouterr().err
+    assert (project / "notes.txt").read_text() == "mine" and (project / "src" / "main.py").exists()
+
+    # Only a manifest and a library, but not a manifest tvmsep wrote: still the user's.
+    lookalike = tmp_path / "lookalike"
+    lookalike.mkdir()
+    (lookalike / MANIFEST).write_text(json.dumps({"name": "my package"}))
+    (lookalike / LIBRARY).write_bytes(b"my library")
+    assert cli_main(["compile", "--layers", _one_layer_file(tmp_path), "--out", str(lookalike)]) == 2
+    assert "is not a tvmsep bundle" in capsys.readouterr().err
+    assert (lookalike / LIBRARY).read_bytes() == b"my library"
+
+
+def test_compile_out_that_is_a_file_or_a_link_is_a_clear_error(bundle_path, tmp_path, capsys):
+    from tvmsep.cli import main as cli_main
+    layers = _one_layer_file(tmp_path)
+    regular = tmp_path / "a_file"
+    regular.write_text("keep me")
+    assert cli_main(["compile", "--layers", layers, "--out", str(regular)]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert regular.read_text() == "keep me"
+
+    bundle = _copy(bundle_path, tmp_path)
+    link = tmp_path / "link"
+    link.symlink_to(bundle)
+    assert cli_main(["compile", "--layers", layers, "--out", str(link)]) == 2
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert link.is_symlink() and sorted(tvmsep.load(link).kernels) == sorted(tvmsep.load(bundle_path).kernels)
+
+    under_a_file = regular / "bundle"
+    assert cli_main(["compile", "--layers", layers, "--out", str(under_a_file)]) == 2
+    assert "cannot write the bundle" in capsys.readouterr().err
+
+
+def test_compile_out_replaces_an_empty_folder(tmp_path):
+    from tvmsep.cli import main as cli_main
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli_main(["compile", "--layers", _one_layer_file(tmp_path), "--out", str(empty)]) == 0
+    assert list(tvmsep.load(empty).kernels) == ["dw"]

@@ -158,7 +158,7 @@ def _compile(args: argparse.Namespace) -> int:
             layers = layers_from_file(args.layers)
         manifest = compile_bundle(layers, parse_target(args.target), args.out,
                                   progress=lambda line: print(line, flush=True))
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OSError) as e:
         print(f"tvmsep compile: {e}", file=sys.stderr)
         return 2
     print()

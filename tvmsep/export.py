@@ -32,6 +32,7 @@ def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: st
     """Write the bundle for `layers` ((name, workload) pairs) to the folder `path`; returns its manifest."""
     target = resolve_target(target)
     path = Path(path)
+    _check_replaceable(path)  # before the compile, so a wrong --out costs nothing
     names = [name for name, _ in layers]
     if not layers:
         raise ValueError("a bundle needs at least one layer")
@@ -53,8 +54,11 @@ def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: st
     progress(f"compiling {len(scheduled)} kernels for {target.kind.name} in one library ...")
     executable = build.compile_scheduled(tvm.IRModule(scheduled), target)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    except OSError as e:
+        raise ValueError(f"cannot write the bundle {path}: {e}") from e
     try:
         executable.export_library(str(staging / LIBRARY))
         manifest = {
@@ -71,13 +75,68 @@ def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: st
             "kernels": entries,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        os.rename(staging, path)
+        _replace(path, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     progress(f"wrote {path} ({(path / LIBRARY).stat().st_size / 1e6:.1f} MB library, {len(entries)} layers)")
     return manifest
+
+
+def _check_replaceable(path: Path) -> None:
+    """Raise ValueError unless writing a bundle at `path` destroys nothing tvmsep did not write.
+
+    `path` may be missing, an empty folder, or a bundle: a real folder (not a
+    link) holding only a manifest tvmsep wrote and its library. Anything else
+    (a project folder given by mistake, a file, a link) is the user's, and is
+    refused whole rather than deleted.
+    """
+    if path.is_symlink():
+        raise ValueError(f"--out {path} is a symbolic link; give the bundle folder itself")
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"--out {path} exists and is not a folder; give a new path or an existing bundle")
+    entries = sorted(p.name for p in path.iterdir())
+    if not entries:
+        return
+    foreign = sorted(set(entries) - {MANIFEST, LIBRARY})
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ValueError(f"--out {path} holds files that are not part of a tvmsep bundle ({shown}); "
+                         "refusing to replace it: give a new path, or remove that folder yourself")
+    if not _is_manifest(path / MANIFEST):
+        raise ValueError(f"--out {path} is not a tvmsep bundle (no manifest tvmsep wrote); refusing to replace "
+                         "it: give a new path, or remove that folder yourself")
+
+
+def _is_manifest(path: Path) -> bool:
+    """Whether `path` is a regular file holding a manifest as compile_bundle writes it."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(manifest, dict) and isinstance(manifest.get("format"), int)
+            and {"tvmsep", "tvm", "target", "sha256", "kernels"} <= set(manifest))
+
+
+def _replace(path: Path, staging: Path) -> None:
+    """Put the finished folder `staging` at `path`, replacing the bundle there (checked again, now that
+    the compile is done): the old bundle is moved aside first and comes back if the move fails."""
+    _check_replaceable(path)
+    if not path.exists():
+        os.rename(staging, path)
+        return
+    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))
+    os.rename(path, old / path.name)
+    try:
+        os.rename(staging, path)
+    except OSError:
+        os.rename(old / path.name, path)
+        old.rmdir()
+        raise
+    shutil.rmtree(old)
 
 
 # LLVM's names for the instruction sets tvmsep's CPU code may use -> Linux's /proc/cpuinfo flags.

@@ -132,3 +132,33 @@ def test_cli_info_and_clear(tmp_path, monkeypatch, capsys):
     assert cli_main(["cache", "clear"]) == 0
     assert "removed 1" in capsys.readouterr().out
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_clear_deletes_only_what_the_cache_wrote(tmp_path, monkeypatch, capsys):
+    """A cache directory shared with the user's files: only the cache's own entries go."""
+    monkeypatch.setenv("TVMSEP_CACHE_DIR", str(tmp_path))
+    wl = _workload(2)
+    key = _key(wl)
+    ModuleCache().get(key, _build(wl))
+    (tmp_path / f".{key}.so.abc123_x.so").write_bytes(b"a killed writer's temporary file")
+    theirs = {".bashrc": "alias ll='ls -l'", ".env": "TOKEN=1", ".gitignore": "*.o", "libfoo.so": "ELF",
+              "notes.sha256": "x", "build.lock": "held", f"{'0' * 40}.so": "no checksum beside it",
+              f"{'1' * 40}.sha256": "not a checksum", f"{'2' * 40}.lock": "not empty"}
+    for name, text in theirs.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("ref: refs/heads/main")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.so"
+    outside.write_text("elsewhere")
+    (tmp_path / f"{'3' * 40}.so").symlink_to(outside)
+    (tmp_path / f"{'3' * 40}.sha256").write_text("0" * 64 + "\n")
+
+    assert cli_main(["cache", "info"]) == 0
+    assert "modules:   1" in capsys.readouterr().out
+    assert cli_main(["cache", "clear"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 1 compiled modules" in out and f"left {len(theirs) + 2} entries" in out
+    assert not any(p.name.startswith((key, f".{key}")) for p in tmp_path.iterdir())
+    assert all((tmp_path / name).read_text() == text for name, text in theirs.items())
+    assert (tmp_path / ".git" / "HEAD").exists() and outside.read_text() == "elsewhere"
+    assert (tmp_path / f"{'3' * 40}.so").is_symlink()

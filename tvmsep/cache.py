@@ -22,6 +22,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import stat
 import threading
 import warnings
@@ -166,18 +167,60 @@ class ModuleCache:
             self._memory.clear()
 
     def disk_entries(self) -> list[Path]:
-        directory = self.directory
-        return sorted(directory.glob("*.so")) if directory.is_dir() else []
-
-    def clear_disk(self) -> int:
-        """Remove every cache entry; returns how many libraries were removed."""
-        removed = 0
+        """The compiled libraries this cache wrote (see `_written_by_cache`)."""
         directory = self.directory
         if not directory.is_dir():
-            return 0
-        for path in directory.iterdir():
-            if path.suffix in (".so", ".sha256", ".lock") or path.name.startswith("."):
-                removed += path.suffix == ".so"
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-        return removed
+            return []
+        return sorted(p for p in directory.iterdir() if _is_library(p) and _written_by_cache(p))
+
+    def clear_disk(self) -> tuple[int, list[Path]]:
+        """Remove every file this cache wrote, and nothing else: the directory may be one the user
+        shares with other files (`TVMSEP_CACHE_DIR=~`). Returns how many libraries were removed and
+        what was left because the cache did not write it."""
+        directory = self.directory
+        if not directory.is_dir():
+            return 0, []
+        entries = sorted(directory.iterdir())
+        ours = {p for p in entries if _written_by_cache(p)}  # all judged before any goes: a library is
+        for path in ours:                                     # judged by the checksum file beside it
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return sum(map(_is_library, ours)), [p for p in entries if p not in ours]
+
+
+# What the cache writes: <key>.so, <key>.sha256, <key>.lock, and publish()'s temporary files
+# (.<key>.so.<random>.so, .<key>.sha256.<random>.sha256) that a killed writer leaves behind.
+_ENTRY = re.compile(r"(?P<key>[0-9a-f]{40})\.(?P<kind>so|sha256|lock)")
+_TEMPORARY = re.compile(r"\.[0-9a-f]{40}\.(so|sha256)\.[a-z0-9_]+\.(so|sha256)")
+_CHECKSUM = re.compile(r"[0-9a-f]{64}\n?")
+
+
+def _is_library(path: Path) -> bool:
+    entry = _ENTRY.fullmatch(path.name)
+    return entry is not None and entry["kind"] == "so"
+
+
+def _written_by_cache(path: Path) -> bool:
+    """Whether `path` is a file this cache wrote, judged by its name and, for the files that matter, by
+    content: a library counts only with its checksum file beside it, a checksum file only if it holds a
+    sha256, a lock only if it is empty. Links and folders never count: the cache writes neither."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    if not stat.S_ISREG(info.st_mode):
+        return False
+    if _TEMPORARY.fullmatch(path.name):
+        return True
+    entry = _ENTRY.fullmatch(path.name)
+    if entry is None:
+        return False
+    if entry["kind"] == "lock":
+        return info.st_size == 0
+    checksum = path if entry["kind"] == "sha256" else path.with_suffix(".sha256")
+    try:
+        if checksum.is_symlink() or checksum.stat().st_size > 65:
+            return False
+        return _CHECKSUM.fullmatch(checksum.read_text()) is not None
+    except (OSError, UnicodeDecodeError):
+        return False

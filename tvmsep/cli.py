@@ -71,8 +71,11 @@ def _cache_info(args: argparse.Namespace) -> int:
 
 def _cache_clear(args: argparse.Namespace) -> int:
     from .ops import module_cache
-    removed = module_cache.clear_disk()
+    removed, left = module_cache.clear_disk()
     print(f"removed {removed} compiled modules from {module_cache.directory}")
+    if left:
+        shown = ", ".join(p.name for p in left[:10]) + (", ..." if len(left) > 10 else "")
+        print(f"left {len(left)} entries that the cache did not write: {shown}")
     return 0
 
 

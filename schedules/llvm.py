@@ -37,10 +37,13 @@ Pointwise (separable's second stage) is a GEMM, [pixels, C*M] x [C*M, O]:
           acc[mi, :] += mid[mo*MR + mi, c] * w[c, oo*NR:+NR]
       out[mo*MR:+MR, oo*NR:+NR] = acc
 
-reading the weights in place ([C*M, O]: one row of NR per step). Repacking them
-per panel, [O/NR, C*M, NR], cost more per call than it saved on every MobileNet
-layer tried. For NCHW the roles flip: pixels are the vector axis and output
-channels are broadcast from the weights.
+reading the weights in place ([C*M, O]: one row of NR per step), unless their
+rows are a multiple of 512 bytes (or a page or more) apart: then a panel's lines
+crowd into a few cache sets and leave the prefetchers behind, so each panel is
+first copied into a contiguous [C*M, NR] buffer under the panel loop, which its
+tiles then read (`_packs_panels`). For other strides the copy only costs. For NCHW
+the roles flip: pixels are the vector axis and output channels are broadcast
+from the weights.
 
 In NHWC, when the output rows split evenly over the cores, they are first cut
 into one chunk per core, outside the panel loop:
@@ -119,6 +122,10 @@ PARALLEL_MIN_FLOPS = 500_000
 # most CHUNK_BYTES, right before the GEMM reads it (module docstring).
 INTERMEDIATE_CORE_BYTES = 1 << 20
 CHUNK_BYTES = 256 << 10
+# Weight rows a multiple of this many bytes apart crowd a panel into few cache sets;
+# rows a page or more apart leave the prefetchers behind (`_packs_panels`).
+ALIASING_STRIDE = 512
+PAGE_BYTES = 4096
 
 
 def vector_lanes(target: Target, dtype: str) -> int:
@@ -268,6 +275,35 @@ def _pointwise_chunks(wl: Workload, target: Target, tiles_per_row: int) -> tuple
     if rows * tiles_per_row % cores == 0:
         return cores, True
     return 1, False
+
+
+def _packs_panels(wl: Workload, gemm: tuple[int, int], chunk_rows: int) -> bool:
+    """Whether the NHWC pointwise copies each weight panel ([C*M, NR] of the [C*M, O]
+    weights) into a contiguous buffer before the tiles that read it.
+
+    Read in place, a panel is NR values out of every row of O, one row per step of
+    the GEMM's reduction. When the row is a multiple of `ALIASING_STRIDE` bytes, the
+    panel's lines fall into at most an eighth of the L1's sets (an L1 indexed by
+    the address bits under the 4 KiB page has 64 sets, so a stride of 8 lines visits
+    8 of them), and a multiple of 4 KiB confines it to a 64th of the L2's sets as well;
+    a row of 4 KiB or more also leaves a page on every step, where the hardware
+    prefetchers stop. The panel is then read back from farther out for every tile.
+    The copy is read once and stays in L1/L2 for all of the panel's tiles. For other
+    strides it only adds the copy. Not for a padded GEMM (its weights are already a
+    padded copy) nor for one-row chunks (a copy per tile).
+    """
+    if gemm != (wl.out_width, wl.out_channels) or chunk_rows == 1:
+        return False
+    row_bytes = wl.out_channels * tvm.DataType(wl.dtype).bits // 8
+    return row_bytes % ALIASING_STRIDE == 0 or row_bytes >= PAGE_BYTES
+
+
+def _pack_panel(sch: s_tir.Schedule, block, panel_loop) -> None:
+    """Copy the weights that the tiles under `panel_loop` read into a contiguous buffer there."""
+    read = next(n for n, region in enumerate(sch.get(block).reads) if region.source.name == "pointwise_filter")
+    packed = sch.cache_read(block, read, "global")
+    sch.compute_at(packed, panel_loop)
+    sch.vectorize(sch.get_loops(packed)[-1])
 
 
 def _finish_tile(sch: s_tir.Schedule, block, store, tile_loop, init_loop) -> None:
@@ -428,23 +464,33 @@ def _pointwise(sch: s_tir.Schedule, wl: Workload, target: Target, lanes: int, pa
         b, i, j, o, c = sch.get_loops(block)
         jo, ji = sch.split(j, [None, _knob(sch, row_block, [4, 6, 8, 12, 16], width)])
         oo, vec = sch.split(o, [None, _vector_knob(sch, channels, lanes, GEMM_VECTORS, 4)])
+        # Packed panels (`_packs_panels`) keep the panel loop a loop of its own, with the
+        # copy under it and the panel's tiles inside; otherwise panels and tiles are one loop.
+        pack = _packs_panels(wl, (width, channels), chunk_rows)
         if chunk_rows:
             io, *ii = [i] if chunk_rows == 1 else sch.split(i, [None, chunk_rows])
             sch.reorder(b, io, oo, *ii, jo, c, ji, vec)
-            outer, tile = sch.fuse(b, io), sch.fuse(oo, *ii, jo)
+            outer, tiles = sch.fuse(b, io), [*ii, jo]
         elif parallel and (chunking := _pointwise_chunks(wl, target, width // row_block))[0] > 1:
             chunks, by_tile = chunking
             if by_tile:
-                chunk, tiles = sch.split(sch.fuse(b, i, jo), [chunks, None])
-                sch.reorder(chunk, oo, tiles, c, ji, vec)
-                outer, tile = chunk, sch.fuse(oo, tiles)
+                chunk, tile = sch.split(sch.fuse(b, i, jo), [chunks, None])
+                sch.reorder(chunk, oo, tile, c, ji, vec)
+                outer, tiles = chunk, [tile]
             else:
                 chunk, row = sch.split(sch.fuse(b, i), [chunks, None])
                 sch.reorder(chunk, oo, row, jo, c, ji, vec)
-                outer, tile = chunk, sch.fuse(oo, row, jo)
+                outer, tiles = chunk, [row, jo]
         else:
             sch.reorder(oo, b, i, jo, c, ji, vec)
-            outer = tile = sch.fuse(oo, b, i, jo)
+            # Packed, the panels alone are the parallel loop: only where they split evenly.
+            pack = pack and not (parallel and int(sch.get(oo).extent) % _cores(target))
+            outer, tiles = (oo if pack else None), [b, i, jo]
+        tile = sch.fuse(*tiles) if pack else sch.fuse(oo, *tiles)
+        if pack:
+            _pack_panel(sch, block, oo)
+        if outer is None:
+            outer = tile
     else:
         b, o, i, j, c = sch.get_loops(block)
         jo, vec = sch.split(j, [None, _vector_knob(sch, wl.out_width, lanes, GEMM_VECTORS, 4)])

@@ -23,7 +23,9 @@ TARGET = host_target()
 # whose rows do not split evenly over the cores (7), one whose pointwise is padded (a width of 11 and
 # 72 output channels, with an epilogue; its 11 rows of two tiles split over the cores by tile), one
 # whose intermediate is too large for a core's L2, computed chunk by chunk (with a multiplier and an
-# epilogue), and a row-blocked depthwise with a batch, a multiplier, a rate and an epilogue.
+# epilogue), pointwise weights whose rows are a multiple of 512 bytes apart, packed panel by panel
+# (7 rows, in float16 and float64 too), and a row-blocked depthwise with a batch, a multiplier, a rate
+# and an epilogue.
 SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.layout == "NHWC"] + [
     ("b1-10x12x1-s1-SAME-o20-NHWC-float64",
      separable_workload((1, 10, 10, 12), "float64", (3, 3, 12, 1), "float64", (1, 1, 12, 20), "float64",
@@ -39,7 +41,19 @@ SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.
                         [1, 1, 1, 1], "SAME", bias=((72,), "float32"), activation="relu6")),
     ("b8-28x48x2-s1-SAME-o32-bias-relu6-NHWC-float32",
      separable_workload((8, 28, 28, 48), "float32", (3, 3, 48, 2), "float32", (1, 1, 96, 32), "float32",
-                        [1, 1, 1, 1], "SAME", bias=((32,), "float32"), activation="relu6"))]
+                        [1, 1, 1, 1], "SAME", bias=((32,), "float32"), activation="relu6")),
+    ("b1-7x96x1-s1-SAME-o256-NHWC-float32",
+     separable_workload((1, 7, 7, 96), "float32", (3, 3, 96, 1), "float32", (1, 1, 96, 256), "float32",
+                        [1, 1, 1, 1], "SAME")),
+    ("b2-8x40x1-s2-SAME-o128-bias-relu-NHWC-float32",
+     separable_workload((2, 16, 16, 40), "float32", (3, 3, 40, 1), "float32", (1, 1, 40, 128), "float32",
+                        [1, 2, 2, 1], "SAME", bias=((128,), "float32"), activation="relu")),
+    ("b1-7x48x1-s1-SAME-o256-NHWC-float16",
+     separable_workload((1, 7, 7, 48), "float16", (3, 3, 48, 1), "float16", (1, 1, 48, 256), "float16",
+                        [1, 1, 1, 1], "SAME")),
+    ("b1-9x24x1-s1-VALID-o64-NHWC-float64",
+     separable_workload((1, 11, 11, 24), "float64", (3, 3, 24, 1), "float64", (1, 1, 24, 64), "float64",
+                        [1, 1, 1, 1], "VALID"))]
 ROW_BLOCKED = [(name, wl) for name, wl in matrix()
                if wl.op == "depthwise" and wl.layout == "NHWC" and llvm._row_blocks(wl, TARGET)] + [
     ("b2-12x6x2-s1-SAME-r2-bias-relu6-NHWC-float32",
@@ -146,3 +160,22 @@ def test_pointwise_tails_are_padded_out_of_the_gemm_loop():
     fits = dict(SEPARABLE)["b3-6x12x64x1-s1-SAME-o64-NHWC-float32"]
     assert llvm._gemm_padding(fits, lanes) == (6, 1), "12 wide in rows of 6, 64 channels"
     assert "pad_einsum" not in str(build.hand_schedule(fits, TARGET).trace)
+
+
+def _packed_weights(wl) -> bool:
+    return any(inst.kind.name == "CacheRead" for inst in build.hand_schedule(wl, TARGET).trace.insts)
+
+
+def test_pointwise_weights_a_multiple_of_512_bytes_apart_are_packed_per_panel():
+    """Weights whose rows fall on few cache sets are copied panel by panel into a
+    contiguous buffer that the panel's tiles read (`llvm._packs_panels`); other
+    strides read them in place."""
+    by_name = dict(SEPARABLE)
+    for name in ("b1-7x96x1-s1-SAME-o256-NHWC-float32", "b2-8x40x1-s2-SAME-o128-bias-relu-NHWC-float32",
+                 "b1-7x48x1-s1-SAME-o256-NHWC-float16", "b1-9x24x1-s1-VALID-o64-NHWC-float64"):
+        assert _packed_weights(by_name[name]), name
+        text = _intermediate_allocation(build.hand_schedule(by_name[name], TARGET).mod)
+        assert "pointwise_filter_global = T.sblock_alloc_buffer((1, 1, " in text, text
+    for name in ("b3-6x12x64x1-s1-SAME-o64-NHWC-float32", "b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32",
+                 "b1-10x12x1-s1-SAME-o20-NHWC-float64"):
+        assert not _packed_weights(by_name[name]), name

@@ -205,6 +205,11 @@ def test_misaligned_arrays_are_used_in_place(rng):
     (np.empty((1, 8, 8, 4), np.float64), TypeError, "`out` has dtype float64"),
     (np.empty((1, 8, 4, 8), np.float32).transpose(0, 1, 3, 2), ValueError, "C-contiguous"),
     ([[0.0]], TypeError, "`out` must be a numpy array"),
+    (np.empty((2, 8, 8, 4), np.float32), ValueError, "`out` has shape"),
+    (np.empty((1, 8, 8, 4), np.float16), TypeError, "`out` has dtype float16"),
+    (np.empty((1, 8, 8, 4), ">f4"), TypeError, "`out` has dtype >f4"),
+    (np.empty((1, 8, 8, 8), np.float32)[..., ::2], ValueError, "C-contiguous"),
+    (np.lib.stride_tricks.as_strided(np.empty((1, 8, 8, 4), np.float32), writeable=False), ValueError, "read-only"),
 ])
 def test_bad_out(bad_out, error, words, rng):
     x, f = _random(rng, (1, 8, 8, 4), "float32"), _random(rng, (3, 3, 4, 1), "float32")
@@ -216,6 +221,14 @@ def test_out_may_not_alias_input(rng):
     x, f = _random(rng, (1, 8, 8, 4), "float32"), _random(rng, (1, 1, 4, 1), "float32")
     with pytest.raises(ValueError, match="overlaps an input"):
         tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", out=x)
+    shared = _random(rng, (2 * 8 * 8 * 4,), "float32")
+    x, overlapping = shared[:256].reshape(1, 8, 8, 4), shared[128:384].reshape(1, 8, 8, 4)
+    with pytest.raises(ValueError, match="overlaps an input"):
+        tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", out=overlapping)
+    out = np.full((1, 8, 8, 4), np.nan, np.float32)
+    wl = depthwise_workload(x.shape, x.dtype, f.shape, f.dtype, [1, 1, 1, 1], "SAME")
+    tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", out=out)  # owners apart: in place
+    assert_close(out, depthwise_reference(x, f, wl), "float32")
 
 
 def test_bad_target():

@@ -114,26 +114,35 @@ def _home_of(x: Any) -> Home:
     return HOST  # on a GPU, the result stays a TVM tensor: any DLPack consumer can take it
 
 
-def output_array(fn: str, out: Any, wl: Workload, inputs: Sequence[Array]) -> Array:
-    """`out=` as something the kernel can write in place, or a clear error."""
+def output_array(op: str, out: Any, wl: Workload, inputs: Sequence[Array]) -> Array:
+    """`out=` as something the kernel can write in place, or a clear error naming `<op>_conv2d`.
+    (A numpy `out` of a CPU kernel takes `Kernel.run_into`, which leaves these checks to the
+    compiled code and comes here only for the message.)"""
     if isinstance(out, np.ndarray):
         view = out
     elif hasattr(out, "__dlpack__") and hasattr(out, "__dlpack_device__"):
         if int(out.__dlpack_device__()[0]) == CUDA:
-            return _device_output(fn, out, wl, inputs)
+            return _device_output(f"{op}_conv2d", out, wl, inputs)
         view, _ = to_array("out", out)
     else:
-        raise TypeError(f"{fn}: `out` must be a numpy array or a DLPack tensor, got {type(out).__name__}")
-    _check_shape_dtype(fn, view.shape, view.dtype, wl)
+        raise TypeError(f"{op}_conv2d: `out` must be a numpy array or a DLPack tensor, got {type(out).__name__}")
+    _check_shape_dtype(f"{op}_conv2d", view.shape, view.dtype, wl)
     flags = view.flags
     if not flags.c_contiguous:
-        raise ValueError(f"{fn}: `out` must be C-contiguous")
+        raise ValueError(f"{op}_conv2d: `out` must be C-contiguous")
     if not flags.writeable:
-        raise ValueError(f"{fn}: `out` is read-only")
-    for a in inputs:
-        if isinstance(a, np.ndarray) and np.may_share_memory(view, a):
-            raise ValueError(f"{fn}: `out` overlaps an input; the kernel would read what it overwrites")
+        raise ValueError(f"{op}_conv2d: `out` is read-only")
+    _check_overlap(op, view, inputs)
     return view
+
+
+def _check_overlap(op: str, out: np.ndarray, inputs: Sequence[Array]) -> None:
+    owner = out.base is None
+    for a in inputs:
+        # Two arrays that each own their memory share none unless they are one array; a view
+        # (a base set) takes numpy's test, which costs more than all the other checks of a call.
+        if a is out or isinstance(a, np.ndarray) and not (owner and a.base is None) and np.may_share_memory(out, a):
+            raise ValueError(f"{op}_conv2d: `out` overlaps an input; the kernel would read what it overwrites")
 
 
 def _device_output(fn: str, out: Any, wl: Workload, inputs: Sequence[Array]) -> tvm_ffi.Tensor:
@@ -175,6 +184,7 @@ class Kernel:
         self.device = device if device is not None else tvm.cpu()
         self._function = function
         self._on_gpu = self.device.dlpack_device_type() == CUDA
+        self.checks_output = not self._on_gpu  # `run_into` may be used
         self._output = (workload.output_shape, np.dtype(workload.dtype))  # np.empty's arguments, parsed once
 
     def run(self, inputs: Sequence[Array], out: Array | None, home: Home = HOST) -> Array:
@@ -192,6 +202,21 @@ class Kernel:
         except (ValueError, BufferError):  # refused before any work: a strided or read-only input
             self._function(*self._compact_host_inputs(inputs), out)
         return out
+
+    def run_into(self, inputs: Sequence[Array], out: np.ndarray) -> None:
+        """`run` into a numpy `out` not checked yet (CPU kernels only, `checks_output`).
+
+        The compiled code checks its arguments' shape, dtype and layout, and numpy's DLPack
+        export refuses a read-only array, before any work; only then is `out` examined in
+        Python, for the reason. The same checks up front cost more than the allocation
+        that `out=` saves. Overlap with an input is the one thing the code cannot see.
+        """
+        _check_overlap(self.workload.op, out, inputs)
+        try:
+            self._function(*inputs, out)
+        except (ValueError, TypeError, BufferError):
+            output_array(self.workload.op, out, self.workload, inputs)  # raises if `out` is the reason
+            self._function(*self._compact_host_inputs(inputs), out)
 
     def _compact_host_inputs(self, inputs: Sequence[Array]) -> list[np.ndarray]:
         """The inputs with a C-contiguous copy of each the kernel cannot read in place: the

@@ -76,10 +76,11 @@ When the output width has no good divisor for the GEMM's rows (19 in
 Xception), or the output channels leave the vectors narrower than a register
 (728: 8 lanes where a register holds 16), the NHWC pointwise's domain is padded
 (`pad_einsum`, two-stage schedule only): the GEMM runs over 20 x 736, reading the
-intermediate in place with zeros past its width and a zero-padded copy of the
-weights, and stores only the real outputs. A bounds test in the GEMM loop, or
-half-width vectors, cost more than the padded work: Xception's 19x19x728 -> 728
-took 2.6 ms, padded 1.04 ms, of which 92% in the GEMM loop at 83% of the FMA peak.
+intermediate in place with zeros past its width and the weights from a zero-padded
+copy of each panel, made under the panel loop as packed panels are, and stores
+only the real outputs. A bounds test in the GEMM loop, or narrower vectors, cost
+more than the padded work (`_gemm_padding`); a padded copy of all the weights
+before the GEMM cost a write and a read of them through memory.
 
 Padding is inlined into the depthwise loads as a zero test (kernels are built
 without loop partitioning, which miscompiled some shapes: tvmsep/build.py).
@@ -277,7 +278,7 @@ def _pointwise_chunks(wl: Workload, target: Target, tiles_per_row: int) -> tuple
     return 1, False
 
 
-def _packs_panels(wl: Workload, gemm: tuple[int, int], chunk_rows: int) -> bool:
+def _packs_panels(wl: Workload, chunk_rows: int) -> bool:
     """Whether the NHWC pointwise copies each weight panel ([C*M, NR] of the [C*M, O]
     weights) into a contiguous buffer before the tiles that read it.
 
@@ -289,21 +290,33 @@ def _packs_panels(wl: Workload, gemm: tuple[int, int], chunk_rows: int) -> bool:
     a row of 4 KiB or more also leaves a page on every step, where the hardware
     prefetchers stop. The panel is then read back from farther out for every tile.
     The copy is read once and stays in L1/L2 for all of the panel's tiles. For other
-    strides it only adds the copy. Not for a padded GEMM (its weights are already a
-    padded copy) nor for one-row chunks (a copy per tile).
+    strides it only adds the copy; not for one-row chunks either (a copy per tile).
+    (A GEMM with padded channels copies its zero-padded weights panel by panel in any case.)
     """
-    if gemm != (wl.out_width, wl.out_channels) or chunk_rows == 1:
+    if chunk_rows == 1:
         return False
     row_bytes = wl.out_channels * tvm.DataType(wl.dtype).bits // 8
     return row_bytes % ALIASING_STRIDE == 0 or row_bytes >= PAGE_BYTES
 
 
 def _pack_panel(sch: s_tir.Schedule, block, panel_loop) -> None:
-    """Copy the weights that the tiles under `panel_loop` read into a contiguous buffer there."""
-    read = next(n for n, region in enumerate(sch.get(block).reads) if region.source.name == "pointwise_filter")
-    packed = sch.cache_read(block, read, "global")
+    """Copy the weights that the tiles under `panel_loop` read into a contiguous buffer there:
+    the zero-padded copy of a padded GEMM, or else a cache of the weights read in place."""
+    if has_block(sch, "pointwise_filter_pad"):
+        packed = sch.get_sblock("pointwise_filter_pad")
+    else:
+        read = next(n for n, region in enumerate(sch.get(block).reads) if region.source.name == "pointwise_filter")
+        packed = sch.cache_read(block, read, "global")
     sch.compute_at(packed, panel_loop)
     sch.vectorize(sch.get_loops(packed)[-1])
+
+
+def _copy_whole(sch: s_tir.Schedule, copy, parallel: bool) -> None:
+    """A copy stage as a loop nest of its own, before the GEMM: rows in parallel, vectorized."""
+    *outer, last = sch.get_loops(copy)
+    if parallel:
+        sch.parallel(sch.fuse(*outer))
+    sch.vectorize(last)
 
 
 def _finish_tile(sch: s_tir.Schedule, block, store, tile_loop, init_loop) -> None:
@@ -373,19 +386,24 @@ def _gemm_padding(wl: Workload, lanes: int) -> tuple[int, int]:
     channels are padded to multiples of these. A width with no good divisor for
     the GEMM's rows, or channels that leave the vectors narrower than the
     registers, would otherwise put a bounds test in the GEMM's inner loop or
-    halve its vectors: Xception's 19x19x728 ran at 2.6 ms that way and 1.04 ms
-    padded to 20x736. Channels are padded only while the waste stays within an eighth.
+    narrow its vectors: Xception's 19x19x728 ran at 2.6 ms that way and 1.04 ms
+    padded to 20x736. Channels are padded to whole pairs of registers while the waste
+    stays within an eighth, else to whole registers when that takes fewer vector FMAs
+    than the narrower vectors that divide them (24 channels: two FMAs over 32 lanes,
+    not three over 8; 11: one, not eleven scalar ones).
     A width under 4 is padded to 4: the wasted rows keep more accumulators in flight,
     and blocks of the width itself measured no faster (3x3x256: 0.006 ms either way;
     1x1x1024 -> 1024 in rows of 2: 0.062 ms, padded to 4: 0.058 ms)."""
     rows = _block(wl.out_width, GEMM_ROWS)
     if wl.out_width % rows:
         rows = _padded_block(wl.out_width, GEMM_ROWS)
-    channels = 1
+    channels, out = 1, wl.out_channels
+    in_place = out // min(_vector(out, GEMM_VECTORS * lanes, lanes), lanes)  # vector FMAs per row and step
     for multiple in (GEMM_VECTORS * lanes, lanes):
-        if wl.out_channels % multiple == 0:
+        if out % multiple == 0:
             break
-        if 8 * _round_up(wl.out_channels, multiple) <= 9 * wl.out_channels:
+        padded = _round_up(out, multiple)
+        if 8 * padded <= 9 * out or (multiple == lanes and padded // lanes < in_place):
             channels = multiple
             break
     return rows, channels
@@ -411,20 +429,13 @@ def _round_up(extent: int, multiple: int) -> int:
     return -(-extent // multiple) * multiple
 
 
-def _pad_pointwise(sch: s_tir.Schedule, padded: tuple[int, int], parallel: bool):
+def _pad_pointwise(sch: s_tir.Schedule, padded: tuple[int, int]):
     """Pad the NHWC pointwise's width and output channels to `padded`; returns
     the block that stores the padded GEMM's result."""
     sch.pad_einsum(sch.get_sblock("pointwise"), [1, 1, *padded, 1])
     if has_block(sch, "depthwise_pad"):
         # Read the intermediate in place, zero past its width: a copy measured no faster.
         sch.compute_inline(sch.get_sblock("depthwise_pad"))
-    if has_block(sch, "pointwise_filter_pad"):
-        # Copied once per call: reading it in place, masked, was 5x slower.
-        weights = sch.get_sblock("pointwise_filter_pad")
-        *outer, last = sch.get_loops(weights)
-        if parallel:
-            sch.parallel(sch.fuse(*outer))
-        sch.vectorize(last)
     unpad = sch.get_sblock("pointwise_pad")
     store = explicit_store(sch, "pointwise")
     if store is None:
@@ -459,14 +470,16 @@ def _pointwise(sch: s_tir.Schedule, wl: Workload, target: Target, lanes: int, pa
     if (width, channels) == (wl.out_width, wl.out_channels):
         block, store = accumulator(sch, "pointwise")
     else:
-        block, store = sch.get_sblock("pointwise"), _pad_pointwise(sch, (width, channels), parallel)
+        block, store = sch.get_sblock("pointwise"), _pad_pointwise(sch, (width, channels))
     if wl.layout == "NHWC":
         b, i, j, o, c = sch.get_loops(block)
         jo, ji = sch.split(j, [None, _knob(sch, row_block, [4, 6, 8, 12, 16], width)])
         oo, vec = sch.split(o, [None, _vector_knob(sch, channels, lanes, GEMM_VECTORS, 4)])
         # Packed panels (`_packs_panels`) keep the panel loop a loop of its own, with the
         # copy under it and the panel's tiles inside; otherwise panels and tiles are one loop.
-        pack = _packs_panels(wl, (width, channels), chunk_rows)
+        # Zero-padded weights (`_pad_pointwise`) are copied anyway: panel by panel where it can be.
+        padded_weights = has_block(sch, "pointwise_filter_pad")
+        pack = padded_weights or _packs_panels(wl, chunk_rows)
         if chunk_rows:
             io, *ii = [i] if chunk_rows == 1 else sch.split(i, [None, chunk_rows])
             sch.reorder(b, io, oo, *ii, jo, c, ji, vec)
@@ -489,6 +502,8 @@ def _pointwise(sch: s_tir.Schedule, wl: Workload, target: Target, lanes: int, pa
         tile = sch.fuse(*tiles) if pack else sch.fuse(oo, *tiles)
         if pack:
             _pack_panel(sch, block, oo)
+        elif padded_weights:
+            _copy_whole(sch, sch.get_sblock("pointwise_filter_pad"), parallel)
         if outer is None:
             outer = tile
     else:

@@ -24,7 +24,7 @@ TARGET = host_target()
 # 72 output channels, with an epilogue; its 11 rows of two tiles split over the cores by tile), one
 # whose intermediate is too large for a core's L2, computed chunk by chunk (with a multiplier and an
 # epilogue), pointwise weights whose rows are a multiple of 512 bytes apart, packed panel by panel
-# (7 rows, in float16 and float64 too), and a row-blocked depthwise with a batch, a multiplier, a rate
+# (7 rows, in float16 and float64 too), 24 output channels padded to 32, and a row-blocked depthwise with a batch, a multiplier, a rate
 # and an epilogue.
 SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.layout == "NHWC"] + [
     ("b1-10x12x1-s1-SAME-o20-NHWC-float64",
@@ -53,7 +53,10 @@ SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.
                         [1, 1, 1, 1], "SAME")),
     ("b1-9x24x1-s1-VALID-o64-NHWC-float64",
      separable_workload((1, 11, 11, 24), "float64", (3, 3, 24, 1), "float64", (1, 1, 24, 64), "float64",
-                        [1, 1, 1, 1], "VALID"))]
+                        [1, 1, 1, 1], "VALID")),
+    ("b1-12x40x1-s1-SAME-o24-NHWC-float32",
+     separable_workload((1, 12, 12, 40), "float32", (3, 3, 40, 1), "float32", (1, 1, 40, 24), "float32",
+                        [1, 1, 1, 1], "SAME"))]
 ROW_BLOCKED = [(name, wl) for name, wl in matrix()
                if wl.op == "depthwise" and wl.layout == "NHWC" and llvm._row_blocks(wl, TARGET)] + [
     ("b2-12x6x2-s1-SAME-r2-bias-relu6-NHWC-float32",
@@ -179,3 +182,19 @@ def test_pointwise_weights_a_multiple_of_512_bytes_apart_are_packed_per_panel():
     for name in ("b3-6x12x64x1-s1-SAME-o64-NHWC-float32", "b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32",
                  "b1-10x12x1-s1-SAME-o20-NHWC-float64"):
         assert not _packed_weights(by_name[name]), name
+
+
+def test_padded_weights_are_copied_panel_by_panel():
+    """A GEMM whose channels are padded reads a zero-padded copy of each weight panel, made
+    under the panel loop ([C*M, NR]), not a padded copy of all the weights. Channels are
+    padded to whole registers where that takes fewer vector FMAs: 72 -> 80, and 24 -> 32,
+    whose unpadded vectors would be 8 lanes wide."""
+    lanes = llvm.vector_lanes(TARGET, "float32")
+    for name, padded in (("b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32", 80),
+                         ("b1-12x40x1-s1-SAME-o24-NHWC-float32", 32)):
+        wl = dict(SEPARABLE)[name]
+        text = _intermediate_allocation(build.hand_schedule(wl, TARGET).mod)
+        panel = next(line for line in text.split("\n") if "pointwise_filter_pad = T.sblock_alloc_buffer" in line)
+        shape = [int(v) for v in panel.split("((", 1)[1].split(")", 1)[0].split(",")]
+        assert shape[:3] == [1, 1, wl.mid_channels] and padded % shape[3] == 0 and shape[3] % lanes == 0, panel
+        assert shape[3] < padded or shape[3] == llvm.GEMM_VECTORS * lanes, "one panel, not all the weights"

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import tvmsep
 from tvmsep.networks import network
-from tvmsep.reference import depthwise_reference, separable_reference
+from tvmsep.reference import depthwise_reference, reference_for, separable_reference
 from tvmsep.spec import depthwise_workload, separable_workload
 
 from conftest import assert_close
@@ -304,3 +304,30 @@ def test_matches_tensorflow_to_the_index(rng):
     ours = tvmsep.separable_conv2d(x, f, p, [1, 1, 1, 1], "SAME", dilations=[2, 2])
     theirs = tf.nn.separable_conv2d(x, f, p, [1, 1, 1, 1], "SAME", dilations=[2, 2]).numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_a_remembered_call_still_checks_what_changes_between_calls(rng):
+    """Once a call's argument values are remembered, the next one with the same values runs
+    straight from the memo; its `out=`, a bias of another array type and new array values are
+    still taken as a first call would take them."""
+    x, f = _random(rng, (1, 8, 8, 4), "float32"), _random(rng, (3, 3, 4, 1), "float32")
+    bias = _random(rng, (4,), "float32")
+    wl = depthwise_workload(x.shape, x.dtype, f.shape, f.dtype, [1, 1, 1, 1], "SAME", bias=((4,), "float32"),
+                            activation="relu")
+    expected = reference_for(wl, [x, f, bias])
+    for _ in range(2):
+        assert_close(tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", bias=bias, activation="relu"), expected,
+                     "float32")
+    torch = pytest.importorskip("torch")  # another array type, the same values
+    assert_close(tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", bias=torch.from_numpy(bias), activation="relu"),
+                 expected, "float32")
+    read_only = np.empty((1, 8, 8, 4), np.float32)
+    read_only.flags.writeable = False
+    for bad_out, words in ((read_only, "read-only"), (np.empty((1, 8, 8, 5), np.float32), "`out` has shape"),
+                           (x, "overlaps an input")):
+        with pytest.raises((ValueError, TypeError), match=words):
+            tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", bias=bias, activation="relu", out=bad_out)
+    x2 = _random(rng, (1, 8, 8, 4), "float32")
+    out = np.full((1, 8, 8, 4), np.nan, np.float32)
+    tvmsep.depthwise_conv2d(x2, f, [1, 1, 1, 1], "SAME", bias=bias, activation="relu", out=out)
+    assert_close(out, reference_for(wl, [x2, f, bias]), "float32")

@@ -331,3 +331,31 @@ def test_a_remembered_call_still_checks_what_changes_between_calls(rng):
     out = np.full((1, 8, 8, 4), np.nan, np.float32)
     tvmsep.depthwise_conv2d(x2, f, [1, 1, 1, 1], "SAME", bias=bias, activation="relu", out=out)
     assert_close(out, reference_for(wl, [x2, f, bias]), "float32")
+
+
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("op", ["depthwise", "separable"])
+def test_the_fused_activation_keeps_nan_as_tensorflow_does(op, layout, activation, rng):
+    """relu(NaN) and relu6(NaN) are NaN in TF (a Keras layer with that activation keeps a NaN);
+    Inf goes to 0 or 6. Checked against TensorFlow itself, the epilogue as Keras applies it."""
+    tf = pytest.importorskip("tensorflow")
+    x = _random(rng, (1, 9, 9, 16), "float32") * 4
+    x[0, 4, 4, 3] = np.nan
+    x[0, 1, 7, 5] = np.inf
+    x[0, 7, 1, 9] = -np.inf
+    f = _random(rng, (3, 3, 16, 1), "float32")
+    p = _random(rng, (1, 1, 16, 8), "float32")
+    bias = _random(rng, (16 if op == "depthwise" else 8,), "float32")
+    conv = tf.nn.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME") if op == "depthwise" else \
+        tf.nn.separable_conv2d(x, f, p, [1, 1, 1, 1], "SAME")
+    expected = getattr(tf.nn, activation)(tf.nn.bias_add(conv, bias)).numpy()
+    if layout == "NCHW":
+        x, expected = np.ascontiguousarray(x.transpose(0, 3, 1, 2)), expected.transpose(0, 3, 1, 2)
+    args = (x, f) if op == "depthwise" else (x, f, p)
+    op_fn = tvmsep.depthwise_conv2d if op == "depthwise" else tvmsep.separable_conv2d
+    y = op_fn(*args, [1, 1, 1, 1], "SAME", data_format=layout, bias=bias, activation=activation)
+    assert np.isnan(expected).any() and (np.isinf(x).any())
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    finite = ~np.isnan(expected)
+    np.testing.assert_allclose(y[finite], expected[finite], rtol=1e-4, atol=1e-4 * np.abs(expected[finite]).max())

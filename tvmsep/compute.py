@@ -73,10 +73,12 @@ def _store(acc: te.Tensor, wl: Workload, bias: te.Tensor | None, last: bool) -> 
         value = acc[idx]
         if bias is not None:
             value = value + bias[idx[channel_axis]].astype(acc.dtype)
+        # Selects, not max/min: those lower to LLVM's maxnum/minnum, which turn NaN into the
+        # bound, where TF's relu and relu6 (and numpy's maximum) keep the NaN.
         if wl.activation in ("relu", "relu6"):
-            value = tirx.max(value, tirx.const(0, acc.dtype))
+            value = tirx.Select(value < tirx.const(0, acc.dtype), tirx.const(0, acc.dtype), value)
         if wl.activation == "relu6":
-            value = tirx.min(value, tirx.const(6, acc.dtype))
+            value = tirx.Select(value > tirx.const(6, acc.dtype), tirx.const(6, acc.dtype), value)
         return value.astype(wl.dtype)
 
     return te.compute(acc.shape, body, name=name + "_epilogue")

@@ -260,3 +260,37 @@ def test_rpc_measurement_survives_losing_a_server(tmp_path):
         for proc in servers + [tracker]:
             proc.kill()
             proc.wait()
+
+
+def test_tuning_records_that_do_not_fit_fall_back_to_hand_written(tmp_path, monkeypatch, rng):
+    """A verdict with no choice in it, a tuned verdict without its trace, and a separable's trace
+    filed under a depthwise workload: each kernel runs its hand-written schedule, with a
+    warning naming the folder, and computes the reference."""
+    from tvmsep.tuning_log import module_hash
+    folder = tmp_path / FOLDER
+    folder.mkdir()
+    shapes = ((1, 6, 6, 3), (1, 6, 6, 5), (1, 7, 7, 4))
+    workloads = [depthwise_workload(s, "float32", (3, 3, s[3], 1), "float32", [1, 1, 1, 1], "SAME") for s in shapes]
+    separable = separable_workload((1, 6, 6, 8), "float32", (3, 3, 8, 1), "float32", (1, 1, 8, 16), "float32",
+                                   [1, 1, 1, 1], "SAME")
+    foreign = plain_json(build.hand_schedule(separable, host_target()).trace.as_json(remove_postproc=False))
+    choices = [{}, {"use": "tuned"}, {"use": "tuned", "trace": foreign}]
+    with open(folder / VERDICT_FILE, "w") as f:
+        for wl, choice in zip(workloads, choices):
+            verdict = {"workload": module_hash(build.workload_module(wl)), "describe": wl.describe(), **choice}
+            f.write(json.dumps(verdict) + "\n")
+    monkeypatch.setenv("TVMSEP_TUNING_DIR", str(tmp_path))
+    build._verdicts.cache_clear()
+    ops._kernels.clear()
+    ops._call.clear()
+    try:
+        for wl, why in zip(workloads, ("names no schedule", "names no schedule", "does not apply")):
+            x = rng.standard_normal(wl.input_shape, dtype=np.float32)
+            f = rng.standard_normal(wl.filter_shape, dtype=np.float32)
+            with pytest.warns(build.TuningWarning, match=f"{wl.describe()} in {folder}: .*{why}"):
+                y = tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME")
+            assert_close(y, depthwise_reference(x, f, wl), "float32")
+    finally:
+        build._verdicts.cache_clear()
+        ops._kernels.clear()
+        ops._call.clear()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from .compute import prim_func
 from .spec import Workload
 from .tuning_log import log_folders, module_hash, plain_json, read_verdicts
 
-__all__ = ["workload_module", "tuned_trace", "hand_schedule", "scheduled_module", "compile_scheduled", "compile_module"]
+__all__ = ["TuningWarning", "workload_module", "tuned_trace", "hand_schedule", "scheduled_module", "compile_scheduled",
+           "compile_module"]
 
 
 def schedules_for(target: Target):
@@ -40,6 +42,10 @@ def workload_module(wl: Workload) -> tvm.IRModule:
     return tvm.IRModule({"main": prim_func(wl)})
 
 
+class TuningWarning(UserWarning):
+    """A tuning record could not be used; the hand-written schedule runs instead."""
+
+
 def tuned_trace(wl: Workload, target: Target) -> Any | None:
     """The schedule trace (JSON) a finished tuning job chose for `wl` on `target`,
     or None when there is none or the hand-written schedule won.
@@ -47,26 +53,54 @@ def tuned_trace(wl: Workload, target: Target) -> Any | None:
     A workload with an epilogue that no job tuned takes the choice made for
     the same convolution without it (`_with_epilogue`): the epilogue is
     elementwise and the kernel's time is the convolution's.
+
+    A record that does not fit (no choice in it, or a trace that does not apply
+    to the workload: a damaged or foreign log) is passed over with a
+    TuningWarning naming its folder: the hand-written schedule computes the
+    same result.
     """
-    verdict = _verdict(wl, target)
-    if verdict is None and (wl.bias or wl.activation):
+    found = _verdict(wl, target)
+    if found is None and (wl.bias or wl.activation):
         plain = _verdict(dataclasses.replace(wl, bias=False, activation=None), target)
-        if plain is not None and plain["use"] == "tuned":
-            return _with_epilogue(wl, plain["trace"])
-    return verdict["trace"] if verdict is not None and verdict["use"] == "tuned" else None
+        if plain is not None and plain[0]["use"] == "tuned":
+            return _fitting(wl, _with_epilogue(wl, plain[0]["trace"]), plain[1])
+    if found is None or found[0]["use"] != "tuned":
+        return None
+    return _fitting(wl, found[0]["trace"], found[1])
 
 
-def _verdict(wl: Workload, target: Target) -> dict | None:
-    """The latest finished tuning job's verdict on `wl` for `target`, if any."""
+def _verdict(wl: Workload, target: Target) -> tuple[dict, Path] | None:
+    """The latest finished tuning job's usable verdict on `wl` for `target`, and its folder."""
     shash = None
     for folder in log_folders(target):
         verdicts, described = _verdicts(folder)
         if wl.describe() not in described:
             continue  # the cheap test first: the hash needs the TE function built
         shash = shash or module_hash(workload_module(wl))
-        if shash in verdicts:
-            return verdicts[shash]
+        verdict = verdicts.get(shash)
+        if verdict is None:
+            continue
+        if verdict.get("use") == "hand-written" or (verdict.get("use") == "tuned" and "trace" in verdict):
+            return verdict, folder
+        _pass_over(wl, folder, "its verdict names no schedule to use")
     return None
+
+
+def _fitting(wl: Workload, trace: Any | None, folder: Path) -> Any | None:
+    """`trace` if it applies to `wl`'s module, else None (with a warning)."""
+    if trace is None:
+        return None
+    try:
+        s_tir.schedule.Trace.apply_json_to_schedule(trace, s_tir.Schedule(workload_module(wl)))
+    except Exception as e:  # TVM raises its ScheduleError, or others for a malformed trace
+        _pass_over(wl, folder, f"its trace does not apply ({type(e).__name__})")
+        return None
+    return trace
+
+
+def _pass_over(wl: Workload, folder: Path, why: str) -> None:
+    warnings.warn(f"tvmsep: passing over the tuning record for {wl.describe()} in {folder}: {why}; "
+                  "using the hand-written schedule", TuningWarning, stacklevel=4)
 
 
 def _with_epilogue(wl: Workload, trace: Any) -> Any | None:

@@ -233,7 +233,7 @@ def read_verdicts(folder: Path) -> dict[str, dict]:
     whole log takes seconds."""
     verdicts: dict[str, dict] = {}
     for verdict in _Lines(folder / VERDICT_FILE).read_new():
-        if isinstance(verdict, dict) and "workload" in verdict:
+        if isinstance(verdict, dict) and isinstance(verdict.get("workload"), str):
             verdicts[verdict["workload"]] = verdict
     return verdicts
 

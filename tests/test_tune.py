@@ -221,6 +221,25 @@ def test_failing_candidates_are_recorded_and_the_job_goes_on(tmp_path, monkeypat
     assert outcomes[0].trials == len(records)
 
 
+def test_a_job_whose_measurements_all_fail_says_so_and_writes_no_verdict(tmp_path, monkeypatch, capsys):
+    """A device that runs nothing: no failed measurement is shown as a time, the job stops with
+    the first error, no verdict is written, and `tvmsep tune` exits non-zero."""
+    from helpers import faulty
+    from tvmsep import cli, tune as tune_module
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setattr(tune_module, "make_runner", lambda rpc=None, rpc_key=None: ms.runner.LocalRunner(
+        timeout_sec=30, f_run_evaluator=faulty.run_none))
+    status = cli.main(["tune", "--input", "1,8,8,24", "--filter", "3,3,24,1", "--op", "depthwise", "--trials", "3",
+                       "--log-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert status == 1, (out, err)
+    assert "the hand-written schedule could not be measured" in err and "this device cannot run" in err, err
+    assert "failed: RuntimeError: injected: this device cannot run the candidates" in out, out
+    assert "000000000" not in out + err and "no candidate measured yet" in out, out
+    assert not (tmp_path / FOLDER / VERDICT_FILE).exists() or not _lines(tmp_path / FOLDER / VERDICT_FILE)
+    assert _tvm_records(tmp_path / FOLDER), "the failed records are logged"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -130,7 +130,7 @@ def _tune_layers(args: argparse.Namespace) -> list:
 
 def _tune(args: argparse.Namespace) -> int:
     """Tune workloads, print progress and a table, optionally plot the search."""
-    from .tune import format_table, tune
+    from .tune import TuningError, format_table, tune
     try:
         workloads = _tune_workloads(args)
         outcomes = tune(workloads, trials=args.trials, log_dir=args.log_dir, rpc=args.rpc, rpc_key=args.rpc_key,
@@ -138,6 +138,9 @@ def _tune(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as e:
         print(f"tvmsep tune: {e}", file=sys.stderr)
         return 2
+    except TuningError as e:
+        print(f"tvmsep tune: {e}", file=sys.stderr)
+        return 1
     print()
     print(format_table(outcomes))
     if args.plot:

@@ -46,7 +46,7 @@ from .target import resolve_target
 from .tuning_log import (FAILED_SECONDS, TuningLog, module_hash, plain_json, read_verdicts, record_seconds,
                          target_folder_name)
 
-__all__ = ["TuneOutcome", "tune", "format_table", "build_candidate", "make_builder", "make_runner"]
+__all__ = ["TuneOutcome", "TuningError", "tune", "format_table", "build_candidate", "make_builder", "make_runner"]
 
 # Candidates per search round; small, so progress shows and a kill loses little.
 TRIALS_PER_ROUND = 8
@@ -55,6 +55,10 @@ TRIALS_PER_ROUND = 8
 VERIFY_ROUNDS = 5
 # Fastest logged records measured again at the end of a job (with the last job's choice).
 FINALISTS = 3
+
+
+class TuningError(RuntimeError):
+    """A tuning job could not measure what it must compare; it wrote no verdict."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,25 +122,32 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
             else:
                 self.best = min(self.best, statistics.fmean(secs))
         self.done += len(runner_results)
-        self.report(f"  {self.label}: {self.done}/{self.total} trials, best {self.best * 1e3:.4f} ms"
+        best = f"best {self.best * 1e3:.4f} ms" if self.best < FAILED_SECONDS else "no candidate measured yet"
+        self.report(f"  {self.label}: {self.done}/{self.total} trials, {best}"
                     + (f" ({failed} failed this round)" if failed else ""))
 
 
-def _build_and_run(schedules: Sequence[tvm.IRModule], target: Target, builder, runner) -> list[float]:
-    """Mean seconds of each module, measured one after another (FAILED_SECONDS if it failed)."""
+def _build_and_run(schedules: Sequence[tvm.IRModule], target: Target, builder,
+                   runner) -> tuple[list[float], str | None]:
+    """(mean seconds of each module, measured one after another, FAILED_SECONDS where it
+    failed; the first failure's message, or None)."""
     built = builder.build([ms.builder.BuilderInput(mod, target) for mod in schedules])
-    inputs, where = [], []
+    inputs, where, errors = [], [], []
     for i, (mod, result) in enumerate(zip(schedules, built)):
         if result.error_msg is None:
             inputs.append(ms.runner.RunnerInput(result.artifact_path, _device_type(target),
                                                 ArgInfo.from_prim_func(mod["main"])))
             where.append(i)
+        else:
+            errors.append(f"build: {result.error_msg}")
     seconds = [FAILED_SECONDS] * len(schedules)
     for i, future in zip(where, runner.run(inputs)):
         result = future.result()
         if result.error_msg is None and result.run_secs:
             seconds[i] = statistics.fmean(float(s) for s in result.run_secs)
-    return seconds
+        else:
+            errors.append(f"run: {result.error_msg or 'no time measured'}")
+    return seconds, (errors[0] if errors else None)
 
 
 def _device_type(target: Target) -> str:
@@ -244,13 +255,19 @@ def _measure_defaults(wl: Workload, target: Target, log: TuningLog, workload, bu
     logged = {_trace_key(r.trace) for r in log.records(workload)}
     spaces = schedules_for(target).design_spaces(Schedule(workload.mod), wl, target)
     new = [(i, sch) for i, sch in enumerate(spaces) if _trace_key(sch.trace) not in logged]
-    seconds = _build_and_run([sch.mod for _, sch in new], target, builder, runner) if new else []
+    seconds, error = _build_and_run([sch.mod for _, sch in new], target, builder, runner) if new else ([], None)
     for (i, sch), secs in zip(new, seconds):
         log.commit_tuning_record(ms.database.TuningRecord(
             sch.trace, workload, [secs] if secs < FAILED_SECONDS else None, target,
             ArgInfo.from_prim_func(workload.mod["main"])))
         report(("hand-written" if i == 0 else f"design space {i + 1} at the hand-written sizes")
-               + (f" {secs * 1e3:.4f} ms" if secs < FAILED_SECONDS else " failed"))
+               + (f" {secs * 1e3:.4f} ms" if secs < FAILED_SECONDS else f" failed: {_gist(error)}"))
+
+
+def _gist(error: str | None) -> str:
+    """The last non-empty line of a worker's error message: the exception itself."""
+    lines = [line for line in (error or "").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no message"
 
 
 def _trace_key(trace) -> str:
@@ -258,14 +275,17 @@ def _trace_key(trace) -> str:
     return str(trace)
 
 
-def _medians(mods: Sequence[tvm.IRModule], target: Target, builder, runner) -> list[float]:
-    """Median seconds of each module over VERIFY_ROUNDS rounds that take them in turn."""
-    seconds = _build_and_run(list(mods) * VERIFY_ROUNDS, target, builder, runner)
-    return [statistics.median(seconds[i::len(mods)]) for i in range(len(mods))]
+def _medians(mods: Sequence[tvm.IRModule], target: Target, builder, runner) -> tuple[list[float], str | None]:
+    """(median seconds of each module over VERIFY_ROUNDS rounds that take them in turn, the
+    first failure's message)."""
+    seconds, error = _build_and_run(list(mods) * VERIFY_ROUNDS, target, builder, runner)
+    return [statistics.median(seconds[i::len(mods)]) for i in range(len(mods))], error
 
 
-def _verify(wl: Workload, target: Target, log: TuningLog, workload, builder, runner) -> tuple[float, float, Any]:
-    """(hand s, best finalist s, best finalist's trace), measured side by side.
+def _verify(wl: Workload, target: Target, log: TuningLog, workload, builder,
+            runner) -> tuple[float, float, Any, str | None]:
+    """(hand s, best finalist s, best finalist's trace, the first failure's message), measured
+    side by side.
 
     Each logged time was taken on a machine that drifts, so the finalists are
     measured again side by side to pick the best, and the pick is then
@@ -273,14 +293,15 @@ def _verify(wl: Workload, target: Target, log: TuningLog, workload, builder, run
     hand_sch = hand_schedule(wl, target, workload.mod)
     finalists = _finalists(log, workload, _trace_key(hand_sch.trace))
     if not finalists:
-        return _medians([hand_sch.mod], target, builder, runner)[0], FAILED_SECONDS, None
+        (hand_s,), error = _medians([hand_sch.mod], target, builder, runner)
+        return hand_s, FAILED_SECONDS, None, error
     mods = [scheduled_module(wl, target, trace) for trace in finalists]
     pick = 0
     if len(mods) > 1:
-        seconds = _medians(mods, target, builder, runner)
+        seconds, _ = _medians(mods, target, builder, runner)
         pick = seconds.index(min(seconds))
-    hand_s, best_s = _medians([hand_sch.mod, mods[pick]], target, builder, runner)
-    return hand_s, best_s, finalists[pick]
+    (hand_s, best_s), error = _medians([hand_sch.mod, mods[pick]], target, builder, runner)
+    return hand_s, best_s, finalists[pick], error
 
 
 def tune(workloads: Sequence[Workload], *, target=None, trials: int = 64,
@@ -309,7 +330,11 @@ def tune(workloads: Sequence[Workload], *, target=None, trials: int = 64,
             _search(wl, target, log, trials - done, builder, runner, progress, seed)
         else:
             report(f"{label}: {done} trials already logged")
-        hand_s, tuned_s, best = _verify(wl, target, log, workload, builder, runner)
+        hand_s, tuned_s, best, error = _verify(wl, target, log, workload, builder, runner)
+        if hand_s >= FAILED_SECONDS:  # nothing to compare a candidate with: no verdict
+            raise TuningError(f"{label}: the hand-written schedule could not be measured, so no candidate can be "
+                              f"judged; no verdict written ({len(log.records(workload))} records logged). "
+                              f"First error: {_gist(error)}")
         use = "tuned" if best is not None and tuned_s < hand_s else "hand"
         log.commit_verdict({
             "workload": module_hash(workload.mod), "describe": wl.describe(),

@@ -37,3 +37,8 @@ def run_some(rt_mod, device, evaluator_config, repeated_args):
     if fate == 3:
         time.sleep(600)
     return default_run_evaluator(rt_mod, device, evaluator_config, repeated_args)
+
+
+def run_none(rt_mod, device, evaluator_config, repeated_args):
+    """A device that cannot run anything it is sent."""
+    raise RuntimeError("injected: this device cannot run the candidates")

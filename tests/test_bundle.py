@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -294,3 +295,38 @@ def test_compile_out_replaces_an_empty_folder(tmp_path):
     empty.mkdir()
     assert cli_main(["compile", "--layers", _one_layer_file(tmp_path), "--out", str(empty)]) == 0
     assert list(tvmsep.load(empty).kernels) == ["dw"]
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda m: m.pop("sha256"), "lacks `sha256`"),
+    (lambda m: m.pop("kernels"), "lacks `kernels`"),
+    (lambda m: m.pop("target"), "lacks `target`"),
+    (lambda m: m.update(kernels=[42]), "kernel entry 0 is not a JSON object"),
+    (lambda m: m["kernels"][0].pop("name"), "kernel entry 0 lacks `name`"),
+    (lambda m: m["kernels"][0].pop("function"), "kernel entry 0 lacks `function`"),
+    (lambda m: m["kernels"][0].pop("workload"), "kernel entry 0 lacks `workload`"),
+    (lambda m: m["kernels"][0].update(function="tvmsep_k99"), "does not match its library"),
+    (lambda m: m["kernels"][0]["workload"].pop("op"), "does not match its library"),
+])
+def test_a_damaged_manifest_is_a_bundle_error(bundle_path, tmp_path, damage, words):
+    copy = _copy(bundle_path, tmp_path)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    damage(manifest)
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=re.escape(words)):
+        tvmsep.load(copy)
+
+
+def test_a_deeply_nested_manifest_is_a_bundle_error(tmp_path):
+    (tmp_path / MANIFEST).write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(BundleError, match="not a tvmsep bundle"):
+        tvmsep.load(tmp_path)
+
+
+def test_a_library_linked_from_outside_the_bundle_is_refused(bundle_path, tmp_path):
+    copy = _copy(bundle_path, tmp_path)
+    outside = tmp_path / "elsewhere.so"
+    os.replace(copy / LIBRARY, outside)
+    (copy / LIBRARY).symlink_to(outside)
+    with pytest.raises(BundleError, match="outside the bundle"):
+        tvmsep.load(copy)

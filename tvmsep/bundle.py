@@ -116,6 +116,8 @@ def load(path: str | Path) -> Bundle:
     manifest = _read_manifest(path)
     device = _device_for(manifest)
     library = path / LIBRARY
+    if library.is_symlink() and not library.resolve().is_relative_to(path.resolve()):
+        raise BundleError(f"{library} is a link to {library.resolve()}, outside the bundle; refusing to load it")
     try:
         checksum = file_sha256(library)
     except OSError as e:
@@ -123,22 +125,48 @@ def load(path: str | Path) -> Bundle:
     if checksum != manifest["sha256"]:
         raise BundleError(f"{library} does not match its manifest's checksum: it is truncated, "
                           "damaged or was changed after compiling; compile the bundle again")
-    return Bundle(path, manifest, tvm.runtime.load_module(str(library)), device)
+    module = tvm.runtime.load_module(str(library))
+    try:
+        return Bundle(path, manifest, module, device)
+    except BundleError:
+        raise
+    except Exception as e:  # a function the library lacks, a workload that does not parse
+        raise BundleError(f"{path}: its manifest does not match its library: {type(e).__name__}: {e}") from e
+
+
+# What a manifest must hold, and of what type; each kernel entry likewise.
+_MANIFEST_FIELDS = {"format": int, "tvm": str, "target": str, "target_kind": str, "sha256": str, "kernels": list}
+_KERNEL_FIELDS = {"name": str, "function": str, "workload": dict}
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
-        fmt = manifest["format"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise BundleError(f"{path} is not a tvmsep bundle: cannot read {MANIFEST} ({e})") from e
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
+        raise BundleError(f"{path} is not a tvmsep bundle: cannot read {MANIFEST} ({type(e).__name__}: "
+                          f"{str(e)[:200]})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("format"), int):
+        raise BundleError(f"{path} is not a tvmsep bundle: {MANIFEST} has no format number")
+    fmt = manifest["format"]
     if not isinstance(fmt, int) or fmt > FORMAT:
         raise BundleError(f"{path} has bundle format {fmt!r}, newer than this tvmsep {__version__} reads "
                           f"(up to {FORMAT}); upgrade tvmsep or compile the bundle with this version")
     if manifest.get("tvm") != tvm.__version__:
         raise BundleError(f"{path} was compiled with TVM {manifest.get('tvm')}; this process has TVM "
                           f"{tvm.__version__}, whose runtime ABI may differ: compile the bundle with it")
+    _check_fields(path, MANIFEST, manifest, _MANIFEST_FIELDS)
+    for i, entry in enumerate(manifest["kernels"]):
+        _check_fields(path, f"kernel entry {i}", entry, _KERNEL_FIELDS)
     return manifest
+
+
+def _check_fields(path: Path, what: str, value: Any, fields: dict[str, type]) -> None:
+    if not isinstance(value, dict):
+        raise BundleError(f"{path}: {what} is not a JSON object; compile the bundle again")
+    for field, kind in fields.items():
+        if not isinstance(value.get(field), kind):
+            raise BundleError(f"{path}: {what} lacks `{field}` (a {kind.__name__}) or it has another type; "
+                              "compile the bundle again")
 
 
 def _device_for(manifest: dict[str, Any]) -> Any:
@@ -154,10 +182,10 @@ def _device_for(manifest: dict[str, Any]) -> Any:
     if kind == "cuda":
         device = tvm.cuda(0)
         if not device.exist:
-            raise BundleError(f"the bundle is for a CUDA GPU ({manifest['arch']}) and this machine has none")
+            raise BundleError(f"the bundle is for a CUDA GPU ({manifest.get('arch')}) and this machine has none")
         arch = "sm_" + device.compute_version.replace(".", "")
-        if arch != manifest["arch"]:
-            raise BundleError(f"the bundle is for {manifest['arch']}; this machine's GPU is {arch}")
+        if arch != manifest.get("arch"):
+            raise BundleError(f"the bundle is for {manifest.get('arch')}; this machine's GPU is {arch}")
         return device
     raise BundleError(f"the bundle's target kind {kind!r} is not one tvmsep runs (llvm, cuda)")
 

@@ -162,3 +162,34 @@ def test_cli_clear_deletes_only_what_the_cache_wrote(tmp_path, monkeypatch, caps
     assert all((tmp_path / name).read_text() == text for name, text in theirs.items())
     assert (tmp_path / ".git" / "HEAD").exists() and outside.read_text() == "elsewhere"
     assert (tmp_path / f"{'3' * 40}.so").is_symlink()
+
+
+def test_cache_entries_given_as_links_are_never_followed(tmp_path):
+    """A `<key>.so` linked to a library elsewhere (a world-writable folder) is not loaded but
+    rebuilt in place of the link; a `<key>.lock` linked to a path that does not exist does not
+    make the cache create a file there."""
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir(mode=0o700)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    elsewhere.chmod(0o777)
+    wl = _workload(6)
+    key = _key(wl)
+    planted = elsewhere / "planted.so"
+    _build(wl)().export_library(str(planted))
+    from tvmsep.files import file_sha256
+    (cache_dir / f"{key}.so").symlink_to(planted)
+    (cache_dir / f"{key}.sha256").write_text(file_sha256(planted) + "\n")  # even with its checksum beside it
+    target = tmp_path / "created-by-the-cache"
+    (cache_dir / f"{key}.lock").symlink_to(target)
+    cache = ModuleCache(cache_dir)
+    with pytest.warns(CacheWarning):
+        module, how = cache.get(key, _build(wl))
+    assert how == "compiled" and cache.builds == 1
+    _check_module(module, wl)
+    assert not target.exists(), "the cache created a file where the lock link pointed"
+    for suffix in (".so", ".lock", ".sha256"):
+        entry = cache_dir / f"{key}{suffix}"
+        assert not entry.is_symlink() and entry.is_file(), suffix
+    assert planted.exists(), "the link's target is left alone"
+    assert ModuleCache(cache_dir).get(key, _build(wl))[1] == "disk"

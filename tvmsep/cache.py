@@ -9,7 +9,8 @@ generated code):
 Writers hold `<key>.lock` (flock) and publish each file by rename, so other
 processes never see a half-written library and never compile the same key
 twice at once. A library whose checksum does not match is never loaded:
-it is rebuilt, with a warning. A cache directory that cannot be created or
+it is rebuilt, with a warning. Entries are never followed through a link: a
+linked library is rebuilt in place of the link, and a linked lock replaced. A cache directory that cannot be created or
 written, or that other users can write to, turns the disk cache off (with a
 warning); the in-memory cache still works.
 """
@@ -109,17 +110,22 @@ class ModuleCache:
         directory = self._usable_directory()
         if directory is None:
             return self._compile(build).jit(), "compiled"
-        with self._file_lock(directory / f"{key}.lock"):
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(self._file_lock(directory / f"{key}.lock"))
+            except OSError as e:
+                warnings.warn(f"tvmsep: cannot lock the cache entry {key} in {directory} ({e}); "
+                              "compiling in memory only", CacheWarning, stacklevel=4)
+                return self._compile(build).jit(), "compiled"
             library, checksum = directory / f"{key}.so", directory / f"{key}.sha256"
-            if library.exists():
-                try:
-                    expected = checksum.read_text().strip()
-                except OSError:
-                    expected = ""
-                if expected and file_sha256(library) == expected:
+            if library.exists() or library.is_symlink():
+                if _regular(library) and _regular(checksum) and _read_checksum(checksum) == file_sha256(library):
                     return tvm.runtime.load_module(str(library)), "disk"
-                warnings.warn(f"tvmsep: cached module {library} is truncated or corrupt; rebuilding it",
-                              CacheWarning, stacklevel=4)
+                warnings.warn(f"tvmsep: cached module {library} is truncated or corrupt, or a link the "
+                              "cache did not write; rebuilding it", CacheWarning, stacklevel=4)
+                for entry in (library, checksum):
+                    if entry.is_symlink():
+                        entry.unlink()  # the link itself, never what it points to
             executable = self._compile(build)
             try:
                 publish(library, executable.export_library)
@@ -135,12 +141,22 @@ class ModuleCache:
 
     @contextlib.contextmanager
     def _file_lock(self, path: Path) -> Iterator[None]:
-        with open(path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        """flock on `path`, opened without following a link: a link planted as a lock
+        would make the cache create or truncate a file wherever it points. Such a link
+        is removed (the link alone) and the lock made afresh."""
+        if path.is_symlink():
+            warnings.warn(f"tvmsep: cache lock {path} is a link; replacing the link with a lock file",
+                          CacheWarning, stacklevel=5)
+            path.unlink()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def _usable_directory(self) -> Path | None:
         """The cache directory if it is safe and writable, else None (with a warning)."""
@@ -193,6 +209,21 @@ class ModuleCache:
 _ENTRY = re.compile(r"(?P<key>[0-9a-f]{40})\.(?P<kind>so|sha256|lock)")
 _TEMPORARY = re.compile(r"\.[0-9a-f]{40}\.(so|sha256)\.[a-z0-9_]+\.(so|sha256)")
 _CHECKSUM = re.compile(r"[0-9a-f]{64}\n?")
+
+
+def _regular(path: Path) -> bool:
+    """A regular file itself, not a link to one (the cache writes no links)."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _read_checksum(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def _is_library(path: Path) -> bool:

@@ -313,3 +313,22 @@ def test_tuning_records_that_do_not_fit_fall_back_to_hand_written(tmp_path, monk
         build._verdicts.cache_clear()
         ops._kernels.clear()
         ops._call.clear()
+
+
+def test_a_tuning_folder_others_can_write_is_not_used(tmp_path, monkeypatch):
+    """$TVMSEP_TUNING_DIR gets the cache's permission rule: logs that other users can write
+    (where a forged trace could be planted) are passed over with a warning."""
+    from tvmsep import tuning_log
+    from tvmsep.tuning_log import log_folders
+    folder = tmp_path / FOLDER
+    folder.mkdir()
+    (folder / VERDICT_FILE).write_text("")
+    monkeypatch.setenv("TVMSEP_TUNING_DIR", str(tmp_path))
+    assert folder in log_folders(host_target())
+    for path in (folder / VERDICT_FILE, folder, tmp_path):
+        path.chmod(0o777 if path.is_dir() else 0o666)
+        with pytest.warns(build.TuningWarning, match="writable by other users"):
+            assert folder not in log_folders(host_target())
+        path.chmod(0o755 if path.is_dir() else 0o644)
+        tuning_log._distrusted.clear()
+        assert folder in log_folders(host_target())

@@ -20,7 +20,7 @@ from tvm.target import Target
 
 from .compute import prim_func
 from .spec import Workload
-from .tuning_log import log_folders, module_hash, plain_json, read_verdicts
+from .tuning_log import TuningWarning, log_folders, module_hash, plain_json, read_verdicts
 
 __all__ = ["TuningWarning", "workload_module", "tuned_trace", "hand_schedule", "scheduled_module", "compile_scheduled",
            "compile_module"]
@@ -40,10 +40,6 @@ def schedules_for(target: Target):
 def workload_module(wl: Workload) -> tvm.IRModule:
     """The unscheduled IRModule; tuning records are keyed by it (structurally)."""
     return tvm.IRModule({"main": prim_func(wl)})
-
-
-class TuningWarning(UserWarning):
-    """A tuning record could not be used; the hand-written schedule runs instead."""
 
 
 def tuned_trace(wl: Workload, target: Target) -> Any | None:

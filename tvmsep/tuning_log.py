@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,8 +33,8 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord
 from tvm.s_tir.meta_schedule.database import Workload as TVMWorkload
 
-__all__ = ["TuningLog", "module_hash", "plain_json", "record_seconds", "read_verdicts", "target_folder_name",
-           "log_folders", "WORKLOAD_FILE", "RECORD_FILE", "VERDICT_FILE"]
+__all__ = ["TuningLog", "TuningWarning", "module_hash", "plain_json", "record_seconds", "read_verdicts",
+           "target_folder_name", "log_folders", "WORKLOAD_FILE", "RECORD_FILE", "VERDICT_FILE"]
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -249,8 +250,41 @@ def log_folders(target: tvm.target.Target) -> list[Path]:
     `$TVMSEP_TUNING_DIR/<target>` if set, then the logs shipped in the package."""
     from importlib import resources
     name = target_folder_name(target)
-    folders = [Path(os.environ["TVMSEP_TUNING_DIR"]) / name] if os.environ.get("TVMSEP_TUNING_DIR") else []
+    folders = []
+    if os.environ.get("TVMSEP_TUNING_DIR"):
+        folder = Path(os.environ["TVMSEP_TUNING_DIR"]) / name
+        if _trusted(folder):
+            folders.append(folder)
     return folders + [Path(str(resources.files("tvmsep.tuning_logs"))) / name]
+
+
+class TuningWarning(UserWarning):
+    """A tuning record or folder could not be used; the hand-written schedule runs instead."""
+
+
+_distrusted: set[Path] = set()  # folders already warned about
+
+
+def _trusted(folder: Path) -> bool:
+    """Whether schedules may be taken from `folder`: it, the folder above it and its verdicts
+    are writable only by their owner, who is this user (or root), as the module cache requires
+    of its directory. A schedule from a log anyone can write is code anyone can choose: a
+    forged trace can compute in another precision, or wrongly."""
+    for path in (folder.parent, folder, folder / VERDICT_FILE):
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or info.st_uid not in (os.getuid(), 0):
+            if folder not in _distrusted:
+                _distrusted.add(folder)
+                warnings.warn(f"tvmsep: not using the tuning logs in {folder}: {path} is writable by other users "
+                              "or not owned by you; the hand-written schedules run instead", TuningWarning,
+                              stacklevel=3)
+            return False
+    return True
 
 
 def record_seconds(record: TuningRecord) -> float:

@@ -24,6 +24,7 @@ import numpy as np
 import tvm
 import tvm_ffi
 
+from . import threads
 from .spec import Workload
 
 __all__ = ["Kernel", "Home", "to_array", "output_array", "VECTOR_BYTES"]
@@ -186,6 +187,7 @@ class Kernel:
         self._on_gpu = self.device.dlpack_device_type() == CUDA
         self.checks_output = not self._on_gpu  # `run_into` may be used
         self._output = (workload.output_shape, np.dtype(workload.dtype))  # np.empty's arguments, parsed once
+        threads.note_kernel()
 
     def run(self, inputs: Sequence[Array], out: Array | None, home: Home = HOST) -> Array:
         """Compute into `out` (allocated when None); arguments are already validated.

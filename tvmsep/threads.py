@@ -15,15 +15,25 @@ caller back: MobileNet's rate-2 28x28x384 depthwise took 0.074 ms instead of
 0.038 ms in 2 of 6 processes that called torch between its calls, and 0.037 to
 0.040 ms in all 6 with the workers unpinned. So `import tvmsep` also sets
 TVM_BIND_THREADS=0 unless the user set it. The pool reads both when it first starts.
+
+A forked child inherits the pool's state but not its worker threads, so its
+first parallel kernel waits forever for workers that do not exist (os.fork, a
+`multiprocessing` fork pool). Once this process has made a kernel, a forked
+child therefore runs TVM single-threaded, with a warning; a child forked
+before any kernel starts a pool of its own. (The spawn and forkserver start
+methods start fresh interpreters and are unaffected.)
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import psutil
 
-__all__ = ["usable_cores", "configure_thread_pool"]
+__all__ = ["usable_cores", "configure_thread_pool", "note_kernel"]
+
+_kernel_made = False  # whether TVM's pool may have started in this process
 
 
 def usable_cores() -> int:
@@ -38,3 +48,23 @@ def configure_thread_pool() -> None:
     if "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
         os.environ["TVM_NUM_THREADS"] = str(usable_cores())
     os.environ.setdefault("TVM_BIND_THREADS", "0")
+
+
+def note_kernel() -> None:
+    """A kernel exists, so TVM's pool may have started: a forked child must not use it."""
+    global _kernel_made
+    _kernel_made = True
+
+
+def _after_fork_in_child() -> None:
+    if not _kernel_made:
+        return
+    import tvm_ffi
+    tvm_ffi.get_global_func("runtime.config_threadpool")(0, 1)  # a pool of the caller alone
+    warnings.warn("tvmsep: this process was forked after TVM's thread pool started, and the pool's workers "
+                  "do not survive a fork: kernels here run on one thread (use the 'spawn' or 'forkserver' "
+                  "start method for parallel kernels in child processes)", RuntimeWarning, stacklevel=2)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

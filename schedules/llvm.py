@@ -110,6 +110,8 @@ VERSION = 4
 # Output pixels per register block in depthwise: WB accumulators plus an
 # input and a filter vector stay well inside 16 (AVX2) or 32 (AVX-512) registers.
 DEPTHWISE_PIXEL_BLOCK = 8
+# Most vector FMAs of a depthwise tile (taps x pixels) that are unrolled (`_depthwise`).
+MAX_UNROLLED_TAPS = 1024
 # Output rows per register block in NCHW depthwise (width is the vector axis).
 DEPTHWISE_ROW_BLOCK = 4
 # GEMM micro-tile: MR rows x NR_VECTORS vectors of accumulators.
@@ -376,8 +378,14 @@ def _depthwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool, ro
     if parallel:
         sch.parallel(rows)
     sch.vectorize(vec)
-    for loop in (di, dj, block_loop):
-        sch.unroll(loop)
+    # The taps are unrolled while the unrolled body stays small: a large filter (31x31, or
+    # TF's valid 1000x1000) would otherwise give the compiler a body of taps x pixels FMAs,
+    # which took minutes, or all the memory, to compile. Past the budget the rows of taps,
+    # then the taps of a row, stay loops.
+    pixels, kw, kh = (int(sch.get(loop).extent) for loop in (block_loop, dj, di))
+    for loop, body in ((di, pixels * kw * kh), (dj, pixels * kw), (block_loop, 0)):
+        if body <= MAX_UNROLLED_TAPS:
+            sch.unroll(loop)
     _finish_tile(sch, block, store, tile, di)
 
 

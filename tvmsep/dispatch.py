@@ -23,6 +23,7 @@ import pickle
 from typing import Any, Callable
 
 import numpy as np
+import psutil
 import tvm
 
 from . import runtime
@@ -75,6 +76,7 @@ class Dispatcher:
         if hit is None:
             wl = _workload(op, inputs, options)
             self._check_target(target)
+            _check_fits_in_memory(op, wl)
             hit = (wl, self._kernel_for(wl, target) if wl.batch else _EmptyBatch(wl))
             if memo_key is not None and len(self._memo) < _MEMO_LIMIT:
                 self._memo[memo_key] = hit
@@ -153,6 +155,27 @@ class _EmptyBatch:
 
     def run(self, inputs: list[runtime.Array], out: runtime.Array | None, home: runtime.Home) -> runtime.Array:
         return np.empty(self.workload.output_shape, self.workload.dtype) if out is None else out
+
+
+def _check_fits_in_memory(op: str, wl: Workload) -> None:
+    """Refuse, before compiling or allocating anything, a call whose output and intermediate
+    need more than this machine's memory: numpy would refuse the output only after the
+    compile, and an intermediate the kernel allocates could take the machine's memory first."""
+    item = np.dtype(wl.dtype).itemsize
+    needed = _elements(wl.output_shape) * item
+    if wl.op == "separable":  # the depthwise result, in the accumulator's precision
+        needed += wl.batch * wl.out_height * wl.out_width * wl.mid_channels * max(item, 4)
+    total = psutil.virtual_memory().total
+    if needed > total:
+        raise ValueError(f"{op}_conv2d: the result of {wl.describe()} needs {needed / 2**30:.1f} GiB, more than "
+                         f"this machine's {total / 2**30:.1f} GiB of memory")
+
+
+def _elements(shape: tuple[int, ...]) -> int:
+    count = 1
+    for d in shape:
+        count *= d
+    return count
 
 
 def _workload(op: str, inputs: list[runtime.Array], options: tuple) -> Workload:

@@ -119,8 +119,14 @@ def check(args: argparse.Namespace) -> int:
 
     import tvmsep
 
+    from tvmsep.bundle import BundleError
+
     root = Path(args.bundles)
-    matrix_bundle, layer_bundle = tvmsep.load(root / "matrix"), tvmsep.load(root / "layers")
+    try:
+        matrix_bundle, layer_bundle = tvmsep.load(root / "matrix"), tvmsep.load(root / "layers")
+    except BundleError as e:
+        print(f"FAIL: bundle refused: {e}")
+        return 1
     on_gpu = matrix_bundle.manifest["target_kind"] == "cuda"
     device = torch.device("cuda" if on_gpu else "cpu")
     compiler = any("libtvm_compiler" in line for line in open("/proc/self/maps"))

@@ -54,7 +54,9 @@ def mobilenet_v1_bundle(tmp_path_factory):
     done = subprocess.run([sys.executable, "-m", "tvmsep.cli", "compile", "--network", "mobilenet_v1",
                            "--out", str(path)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert "[13/13] scheduled v1_13" in done.stdout and "v1_13        tvmsep_k8" in done.stdout
+    assert "[13/13] scheduled v1_13" in done.stdout
+    functions = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines() if line.startswith("v1_")}
+    assert functions["v1_08"] == functions["v1_09"] != functions["v1_13"], "identical layers share a function"
     return path
 
 
@@ -305,8 +307,12 @@ def test_compile_out_replaces_an_empty_folder(tmp_path):
     (lambda m: m["kernels"][0].pop("name"), "kernel entry 0 lacks `name`"),
     (lambda m: m["kernels"][0].pop("function"), "kernel entry 0 lacks `function`"),
     (lambda m: m["kernels"][0].pop("workload"), "kernel entry 0 lacks `workload`"),
-    (lambda m: m["kernels"][0].update(function="tvmsep_k99"), "does not match its library"),
-    (lambda m: m["kernels"][0]["workload"].pop("op"), "does not match its library"),
+    (lambda m: m["kernels"][0].update(function="tvmsep_k99"), "not the one its workload compiles to"),
+    (lambda m: m["kernels"][0]["workload"].pop("op"), "has a workload that does not parse"),
+    (lambda m: m["kernels"][0]["workload"].update(pad_top=m["kernels"][0]["workload"]["pad_top"] + 1),
+     "not the one its workload compiles to"),
+    (lambda m: m["kernels"][0]["workload"].update(activation="relu"), "not the one its workload compiles to"),
+    (lambda m: m.update(format=2), "from an older tvmsep"),
 ])
 def test_a_damaged_manifest_is_a_bundle_error(bundle_path, tmp_path, damage, words):
     copy = _copy(bundle_path, tmp_path)
@@ -330,3 +336,35 @@ def test_a_library_linked_from_outside_the_bundle_is_refused(bundle_path, tmp_pa
     (copy / LIBRARY).symlink_to(outside)
     with pytest.raises(BundleError, match="outside the bundle"):
         tvmsep.load(copy)
+
+
+def test_a_library_from_another_bundle_is_refused_even_with_its_checksum(bundle_path, tmp_path):
+    """The kernels are bound to their workloads by name: another bundle's library, its checksum
+    copied into this manifest, holds none of the functions this manifest names."""
+    from tvmsep.files import file_sha256
+    other = tmp_path / "other"
+    layer = network("mobilenet_v2")[3]
+    compile_bundle([(layer.name, layer.workload())], None, other, progress=lambda line: None)
+    copy = _copy(bundle_path, tmp_path)
+    shutil.copy(other / LIBRARY, copy / LIBRARY)
+    _edit_manifest(copy, sha256=file_sha256(copy / LIBRARY))
+    with pytest.raises(BundleError, match="does not match its library"):
+        tvmsep.load(copy)
+
+
+def test_a_bundle_compiled_again_in_place_loads_its_new_code(tmp_path, rng):
+    """Loading again in the same process runs the library whose checksum was checked, not the
+    one the dynamic loader already had open for that path."""
+    path = tmp_path / "again"
+    first, second = network("mobilenet_v1")[2], network("mobilenet_v2")[4]
+    compile_bundle([("layer", first.workload("depthwise"))], None, path, progress=lambda line: None)
+    assert tvmsep.load(path).kernel("layer").workload == first.workload("depthwise")
+    compile_bundle([("layer", second.workload("depthwise"))], None, path, progress=lambda line: None)
+    bundle = tvmsep.load(path)
+    wl = bundle.kernel("layer").workload
+    assert wl == second.workload("depthwise")
+    x = rng.standard_normal(wl.input_shape, dtype=np.float32)
+    f = rng.standard_normal(wl.filter_shape, dtype=np.float32)
+    out = np.full(wl.output_shape, np.nan, np.float32)
+    bundle.run("layer", x, f, out=out)
+    assert_close(out, depthwise_reference(x, f, wl), "float32")

@@ -40,7 +40,8 @@ def test_check_passes_the_matrix_and_times_the_layers_runtime_only(prepared, tmp
 
 
 def test_check_fails_when_a_kernel_is_wrong(prepared, tmp_path):
-    """Point one matrix entry at another entry's function: the check must notice and exit 1."""
+    """Point one matrix entry at another entry's function: the check must notice and exit 1
+    (the loader now refuses such a manifest, since a function is named by its workload)."""
     broken = tmp_path / "broken"
     subprocess.run(["cp", "-r", str(prepared), str(broken)], check=True)
     manifest_path = broken / "matrix" / "manifest.json"
@@ -50,4 +51,4 @@ def test_check_fails_when_a_kernel_is_wrong(prepared, tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     done = _run("check", str(broken), "--results", str(tmp_path), "--repeats", "2")
     assert done.returncode == 1
-    assert f"matrix {first['name']}" in done.stdout and "FAIL" in done.stdout
+    assert f"kernel {first['name']!r} names function" in done.stdout and "FAIL" in done.stdout, done.stdout

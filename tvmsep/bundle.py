@@ -15,7 +15,10 @@ with a reason, never a crash or a silent wrong result.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +27,29 @@ import tvm
 
 from . import __version__, runtime
 from .dispatch import Dispatcher
-from .files import file_sha256
 from .spec import Workload, split_bias
 
-__all__ = ["FORMAT", "MANIFEST", "LIBRARY", "BundleError", "Bundle", "load"]
+__all__ = ["FORMAT", "MANIFEST", "LIBRARY", "BundleError", "Bundle", "load", "function_name_for"]
 
 # Bump when the manifest's meaning changes; older readers refuse newer bundles.
 # 2: a workload may carry an epilogue (bias, activation).
-FORMAT = 2
+# 3: each function is named by its workload's hash (`function_name_for`); older bundles,
+#    whose names bind nothing, are refused.
+FORMAT = 3
 MANIFEST = "manifest.json"
 LIBRARY = "kernels.so"
 
 
 class BundleError(ValueError):
     """A bundle that cannot be used here, and why."""
+
+
+def function_name_for(wl: Workload) -> str:
+    """The library function of a workload: named by a hash of the workload itself, so that a
+    manifest whose workload was edited (pads, an activation) or a library from another bundle
+    names functions the library does not hold, and the load is refused."""
+    digest = hashlib.sha256(json.dumps(wl.to_json(), sort_keys=True).encode()).hexdigest()
+    return f"tvmsep_{digest[:32]}"
 
 
 class Bundle:
@@ -119,13 +131,22 @@ def load(path: str | Path) -> Bundle:
     if library.is_symlink() and not library.resolve().is_relative_to(path.resolve()):
         raise BundleError(f"{library} is a link to {library.resolve()}, outside the bundle; refusing to load it")
     try:
-        checksum = file_sha256(library)
+        data = library.read_bytes()
     except OSError as e:
         raise BundleError(f"{path}: cannot read {LIBRARY}: {e}") from e
-    if checksum != manifest["sha256"]:
+    if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
         raise BundleError(f"{library} does not match its manifest's checksum: it is truncated, "
                           "damaged or was changed after compiling; compile the bundle again")
-    module = tvm.runtime.load_module(str(library))
+    for entry in manifest["kernels"]:
+        try:
+            expected = function_name_for(Workload.from_json(entry["workload"]))
+        except Exception as e:  # a workload that does not parse
+            raise BundleError(f"{path}: kernel {entry['name']!r} has a workload that does not parse "
+                              f"({type(e).__name__}: {e})") from e
+        if entry["function"] != expected:
+            raise BundleError(f"{path}: kernel {entry['name']!r} names function {entry['function']!r}, not the "
+                              f"one its workload compiles to; the manifest was edited: compile the bundle again")
+    module = _load_exactly(data)
     try:
         return Bundle(path, manifest, module, device)
     except BundleError:
@@ -139,6 +160,18 @@ _MANIFEST_FIELDS = {"format": int, "tvm": str, "target": str, "target_kind": str
 _KERNEL_FIELDS = {"name": str, "function": str, "workload": dict}
 
 
+def _load_exactly(data: bytes) -> Any:
+    """Load the library whose bytes were checked, from a private file of its own: loading the
+    bundle's path would hand back a library this process already loaded from that path (the
+    dynamic loader keeps one per file), the old code of a bundle compiled again in place, and
+    the file could change between the check and the load."""
+    with tempfile.TemporaryDirectory(prefix="tvmsep-bundle-") as private:  # made 0700
+        copy = os.path.join(private, LIBRARY)
+        with open(copy, "wb") as f:
+            f.write(data)
+        return tvm.runtime.load_module(copy)  # stays mapped once the file is gone
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
@@ -148,6 +181,9 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("format"), int):
         raise BundleError(f"{path} is not a tvmsep bundle: {MANIFEST} has no format number")
     fmt = manifest["format"]
+    if fmt < FORMAT:
+        raise BundleError(f"{path} has bundle format {fmt}, from an older tvmsep whose function names do not "
+                          f"bind each kernel to its workload (format {FORMAT}); compile the bundle again")
     if not isinstance(fmt, int) or fmt > FORMAT:
         raise BundleError(f"{path} has bundle format {fmt!r}, newer than this tvmsep {__version__} reads "
                           f"(up to {FORMAT}); upgrade tvmsep or compile the bundle with this version")

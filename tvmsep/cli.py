@@ -168,9 +168,9 @@ def _compile(args: argparse.Namespace) -> int:
         print(f"tvmsep compile: {e}", file=sys.stderr)
         return 2
     print()
-    print(f"{'layer':12} {'function':12} {'schedule':12} workload")
+    print(f"{'layer':12} {'function':39} {'schedule':12} workload")
     for entry in manifest["kernels"]:
-        print(f"{entry['name']:12} {entry['function']:12} {entry['schedule']:12} "
+        print(f"{entry['name']:12} {entry['function']:39} {entry['schedule']:12} "
               f"{Workload.from_json(entry['workload']).describe()}")
     print(f"\ntarget {manifest['target']}; load it with tvmsep.load({str(args.out)!r})")
     return 0

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import tvm
 
 from . import __version__, build
-from .bundle import FORMAT, LIBRARY, MANIFEST
+from .bundle import FORMAT, LIBRARY, MANIFEST, function_name_for
 from .files import file_sha256
 from .spec import Workload, depthwise_workload, separable_workload
 from .target import resolve_target
@@ -44,7 +44,7 @@ def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: st
     for i, (name, wl) in enumerate(layers, 1):
         if wl not in functions:  # a repeated layer (MobileNetV1's 5 identical blocks) shares one function
             trace = build.tuned_trace(wl, target)
-            function = f"tvmsep_k{len(functions)}"
+            function = function_name_for(wl)
             functions[wl] = (function, "hand-written" if trace is None else "tuned")
             func = build.scheduled_module(wl, target, trace)["main"]
             scheduled[function] = func.with_attr("global_symbol", function)

@@ -362,37 +362,39 @@ def test_the_fused_activation_keeps_nan_as_tensorflow_does(op, layout, activatio
     np.testing.assert_allclose(y[finite], expected[finite], rtol=1e-4, atol=1e-4 * np.abs(expected[finite]).max())
 
 
-def test_a_result_larger_than_memory_is_refused_before_compiling(tmp_path):
-    """An output and intermediate that cannot fit in this machine's memory are refused up front
-    with the sizes, before anything is compiled or allocated (the input here takes no memory).
-    In a process whose address space is capped, so that a regression fails instead of taking
-    the machine's memory."""
-    import psutil
+def _run_capped(script: str, tmp_path, timeout: float) -> str:
+    """`script`'s output, run in a fresh process whose address space is capped at 12 GiB, so that
+    a regression fails there instead of taking the machine's memory."""
     import subprocess
     import sys
+    capped = "import resource; resource.setrlimit(resource.RLIMIT_AS, (12 << 30, 12 << 30))\n" + script
+    done = subprocess.run([sys.executable, "-c", capped], env=dict(os.environ, TVMSEP_CACHE_DIR=str(tmp_path)),
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_a_result_larger_than_memory_is_refused_before_compiling(tmp_path):
+    """An output and intermediate that cannot fit in this machine's memory are refused up front
+    with the sizes, before anything is compiled or allocated (the input here takes no memory)."""
+    import psutil
     if psutil.virtual_memory().total > 30 * 2**30:
         pytest.skip("the largest result tvmsep indexes fits in this machine's memory")
-    script = (
-        "import resource; resource.setrlimit(resource.RLIMIT_AS, (12 << 30, 12 << 30))\n"
+    out = _run_capped(
         "import numpy as np, tvmsep\n"
         "from tvmsep import ops\n"
         "x = np.lib.stride_tricks.as_strided(np.zeros(1), (1, 8192, 8192, 30), (0, 0, 0, 0))\n"
         "try:\n"
         "    tvmsep.separable_conv2d(x, np.ones((3, 3, 30, 1)), np.ones((1, 1, 30, 30)), [1, 1, 1, 1], 'SAME')\n"
         "except ValueError as e:\n"
-        "    print(ops.module_cache.builds, e)\n")
-    done = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, TVMSEP_CACHE_DIR=str(tmp_path)),
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert re.match(r"0 separable_conv2d: the result of .* needs 30\.0 GiB, more than", done.stdout), done.stdout
+        "    print(ops.module_cache.builds, e)\n", tmp_path, timeout=120)
+    assert re.match(r"0 separable_conv2d: the result of .* needs 30\.0 GiB, more than", out), out
 
 
 def test_large_filters_compile_in_bounded_time(tmp_path):
     """A 31x31 filter and TF's valid 1000x1000 one compile without unrolling every tap (which
-    took minutes, or all the memory) and match the reference. The address space is capped as
-    above."""
-    script = (
-        "import resource; resource.setrlimit(resource.RLIMIT_AS, (12 << 30, 12 << 30))\n"
+    took minutes, or all the memory) and match the reference."""
+    out = _run_capped(
         "import numpy as np, tvmsep\n"
         "from tvmsep.reference import depthwise_reference, scaled_error\n"
         "from tvmsep.spec import depthwise_workload\n"
@@ -402,10 +404,5 @@ def test_large_filters_compile_in_bounded_time(tmp_path):
         "    f = rng.standard_normal((k, k, shape[3], 1)).astype(np.float32)\n"
         "    y = tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], 'SAME')\n"
         "    wl = depthwise_workload(x.shape, 'float32', f.shape, 'float32', [1, 1, 1, 1], 'SAME')\n"
-        "    print(scaled_error(y, depthwise_reference(x, f, wl)))\n")
-    import subprocess
-    import sys
-    done = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, TVMSEP_CACHE_DIR=str(tmp_path)),
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert all(float(e) < 1e-4 for e in done.stdout.split()), done.stdout
+        "    print(scaled_error(y, depthwise_reference(x, f, wl)))\n", tmp_path, timeout=60)
+    assert all(float(e) < 1e-4 for e in out.split()), out

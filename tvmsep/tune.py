@@ -276,10 +276,11 @@ def _trace_key(trace) -> str:
 
 
 def _medians(mods: Sequence[tvm.IRModule], target: Target, builder, runner) -> tuple[list[float], str | None]:
-    """(median seconds of each module over VERIFY_ROUNDS rounds that take them in turn, the
-    first failure's message)."""
+    """(median seconds of each module over the VERIFY_ROUNDS rounds that take them in turn, of
+    the rounds it was measured in, FAILED_SECONDS if in none; the first failure's message)."""
     seconds, error = _build_and_run(list(mods) * VERIFY_ROUNDS, target, builder, runner)
-    return [statistics.median(seconds[i::len(mods)]) for i in range(len(mods))], error
+    measured = [[s for s in seconds[i::len(mods)] if s < FAILED_SECONDS] for i in range(len(mods))]
+    return [statistics.median(m) if m else FAILED_SECONDS for m in measured], error
 
 
 def _verify(wl: Workload, target: Target, log: TuningLog, workload, builder,

@@ -155,8 +155,9 @@ def load(path: str | Path) -> Bundle:
         raise BundleError(f"{path}: its manifest does not match its library: {type(e).__name__}: {e}") from e
 
 
-# What a manifest must hold, and of what type; each kernel entry likewise.
-_MANIFEST_FIELDS = {"format": int, "tvm": str, "target": str, "target_kind": str, "sha256": str, "kernels": list}
+# What a manifest must hold, and of what type (export.py also tells a bundle by it); each
+# kernel entry likewise.
+MANIFEST_FIELDS = {"format": int, "tvm": str, "target": str, "target_kind": str, "sha256": str, "kernels": list}
 _KERNEL_FIELDS = {"name": str, "function": str, "workload": dict}
 
 
@@ -184,13 +185,13 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if fmt < FORMAT:
         raise BundleError(f"{path} has bundle format {fmt}, from an older tvmsep whose function names do not "
                           f"bind each kernel to its workload (format {FORMAT}); compile the bundle again")
-    if not isinstance(fmt, int) or fmt > FORMAT:
+    if fmt > FORMAT:
         raise BundleError(f"{path} has bundle format {fmt!r}, newer than this tvmsep {__version__} reads "
                           f"(up to {FORMAT}); upgrade tvmsep or compile the bundle with this version")
     if manifest.get("tvm") != tvm.__version__:
         raise BundleError(f"{path} was compiled with TVM {manifest.get('tvm')}; this process has TVM "
                           f"{tvm.__version__}, whose runtime ABI may differ: compile the bundle with it")
-    _check_fields(path, MANIFEST, manifest, _MANIFEST_FIELDS)
+    _check_fields(path, MANIFEST, manifest, MANIFEST_FIELDS)
     for i, entry in enumerate(manifest["kernels"]):
         _check_fields(path, f"kernel entry {i}", entry, _KERNEL_FIELDS)
     return manifest

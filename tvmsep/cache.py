@@ -10,9 +10,10 @@ Writers hold `<key>.lock` (flock) and publish each file by rename, so other
 processes never see a half-written library and never compile the same key
 twice at once. A library whose checksum does not match is never loaded:
 it is rebuilt, with a warning. Entries are never followed through a link: a
-linked library is rebuilt in place of the link, and a linked lock replaced. A cache directory that cannot be created or
-written, or that other users can write to, turns the disk cache off (with a
-warning); the in-memory cache still works.
+linked library is rebuilt in place of the link, and a linked lock replaced. A
+cache directory that cannot be created or written, or that other users can
+write to, turns the disk cache off (with a warning); the in-memory cache
+still works.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class ModuleCache:
                 return self._compile(build).jit(), "compiled"
             library, checksum = directory / f"{key}.so", directory / f"{key}.sha256"
             if library.exists() or library.is_symlink():
-                if _regular(library) and _regular(checksum) and _read_checksum(checksum) == file_sha256(library):
+                if _written_by_cache(library) and checksum.read_text().strip() == file_sha256(library):
                     return tvm.runtime.load_module(str(library)), "disk"
                 warnings.warn(f"tvmsep: cached module {library} is truncated or corrupt, or a link the "
                               "cache did not write; rebuilding it", CacheWarning, stacklevel=4)
@@ -209,21 +210,6 @@ class ModuleCache:
 _ENTRY = re.compile(r"(?P<key>[0-9a-f]{40})\.(?P<kind>so|sha256|lock)")
 _TEMPORARY = re.compile(r"\.[0-9a-f]{40}\.(so|sha256)\.[a-z0-9_]+\.(so|sha256)")
 _CHECKSUM = re.compile(r"[0-9a-f]{64}\n?")
-
-
-def _regular(path: Path) -> bool:
-    """A regular file itself, not a link to one (the cache writes no links)."""
-    try:
-        return stat.S_ISREG(path.lstat().st_mode)
-    except OSError:
-        return False
-
-
-def _read_checksum(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except (OSError, UnicodeDecodeError):
-        return ""
 
 
 def _is_library(path: Path) -> bool:

@@ -18,6 +18,7 @@ its time.
 
 from __future__ import annotations
 
+import math
 import operator
 import pickle
 from typing import Any, Callable
@@ -162,20 +163,13 @@ def _check_fits_in_memory(op: str, wl: Workload) -> None:
     need more than this machine's memory: numpy would refuse the output only after the
     compile, and an intermediate the kernel allocates could take the machine's memory first."""
     item = np.dtype(wl.dtype).itemsize
-    needed = _elements(wl.output_shape) * item
+    needed = math.prod(wl.output_shape) * item
     if wl.op == "separable":  # the depthwise result, in the accumulator's precision
         needed += wl.batch * wl.out_height * wl.out_width * wl.mid_channels * max(item, 4)
     total = psutil.virtual_memory().total
     if needed > total:
         raise ValueError(f"{op}_conv2d: the result of {wl.describe()} needs {needed / 2**30:.1f} GiB, more than "
                          f"this machine's {total / 2**30:.1f} GiB of memory")
-
-
-def _elements(shape: tuple[int, ...]) -> int:
-    count = 1
-    for d in shape:
-        count *= d
-    return count
 
 
 def _workload(op: str, inputs: list[runtime.Array], options: tuple) -> Workload:

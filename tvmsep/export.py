@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import tvm
 
 from . import __version__, build
-from .bundle import FORMAT, LIBRARY, MANIFEST, function_name_for
+from .bundle import FORMAT, LIBRARY, MANIFEST, MANIFEST_FIELDS, function_name_for
 from .files import file_sha256
 from .spec import Workload, depthwise_workload, separable_workload
 from .target import resolve_target
@@ -117,8 +117,8 @@ def _is_manifest(path: Path) -> bool:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return (isinstance(manifest, dict) and isinstance(manifest.get("format"), int)
-            and {"tvmsep", "tvm", "target", "sha256", "kernels"} <= set(manifest))
+    return isinstance(manifest, dict) and isinstance(manifest.get("tvmsep"), str) and \
+        all(isinstance(manifest.get(field), kind) for field, kind in MANIFEST_FIELDS.items())
 
 
 def _replace(path: Path, staging: Path) -> None:

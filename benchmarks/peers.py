@@ -68,9 +68,8 @@ from limits import compulsory_bytes, copy_bandwidth_gbs, fma_peak_gflops
 
 # Each library and the columns it times. A library's columns share its process when it runs alone.
 LIBRARIES = {"tvmsep": ("tvmsep", "tvmsep_out", "tvmsep_hand"), "litert": ("litert", "litert_invoke"),
-             "openvino": ("openvino",),
-             "ort": ("ort",), "torch": ("torch", "torch_cl"), "tf": ("tf",)}
-PEERS = ("litert", "litert_invoke", "openvino", "ort", "torch", "torch_cl", "tf")
+             "openvino": ("openvino",), "ort": ("ort",), "torch": ("torch", "torch_cl"), "tf": ("tf",)}
+PEERS = tuple(column for library, columns in LIBRARIES.items() if library != "tvmsep" for column in columns)
 # "Best peer" is the fastest of these. LiteRT counts as its invoke alone, the input already in the
 # interpreter's buffer (as a pipeline that writes into `interpreter.tensor(i)()` has it): its strongest form.
 BASELINES = ("litert", "litert_invoke", "openvino", "ort", "torch", "torch_cl")

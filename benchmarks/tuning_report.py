@@ -26,7 +26,7 @@ from tvmsep.build import workload_module
 from tvmsep.networks import network
 from tvmsep.target import host_target
 from tvmsep.threads import usable_cores
-from tvmsep.tuning_log import log_folders, module_hash, read_verdicts, target_folder_name
+from tvmsep.tuning_log import USE_TUNED, log_folders, module_hash, read_verdicts, target_folder_name
 
 
 def main() -> int:
@@ -47,7 +47,7 @@ def main() -> int:
                 if verdict is None:
                     rows.append(f"| {name} | {wl.describe()} | not tuned | | | | | | |")
                     continue
-                chosen_ms = verdict["tuned_ms"] if verdict["use"] == "tuned" else verdict["hand_ms"]
+                chosen_ms = verdict["tuned_ms"] if verdict["use"] == USE_TUNED else verdict["hand_ms"]
                 speedups[op].append(verdict["hand_ms"] / chosen_ms)
                 achieved_gflops = wl.flops / chosen_ms / 1e6
                 flops_share = achieved_gflops / gflops

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -100,19 +101,29 @@ def test_job_logs_in_tvm_format_with_a_verdict(tuned_log):
     assert json.dumps(verdict["trace"]) in fastest[:3]
 
 
+def _quiet_tuned_trace(wl):
+    """build.tuned_trace, failing on a TuningWarning: a verdict a job wrote always fits."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", build.TuningWarning)
+        return build.tuned_trace(wl, host_target())
+
+
 def test_compiling_uses_the_verdict(tuned_log, monkeypatch, rng):
     wl, folder, outcomes = tuned_log
     monkeypatch.setenv("TVMSEP_TUNING_DIR", str(folder.parent))
-    trace = build.tuned_trace(wl, host_target())
+    trace = _quiet_tuned_trace(wl)
     assert (trace is not None) == (outcomes[0].use == "tuned")
-    # Force the other choice through a verdict of our own: the latest verdict wins.
+    # Force each choice through a verdict of the job's own form: the latest verdict wins.
     log = TuningLog(folder)
     best = min((r for r in log.records(log.commit_workload(build.workload_module(wl)))[1:] if r.run_secs),
                key=lambda r: float(r.run_secs[0]))
     verdict = json.loads(_lines(folder / VERDICT_FILE)[-1])
+    log.commit_verdict({**verdict, "use": "hand", "trace": best.trace.as_json(remove_postproc=False)})
+    build._verdicts.cache_clear()
+    assert _quiet_tuned_trace(wl) is None
     log.commit_verdict({**verdict, "use": "tuned", "trace": best.trace.as_json(remove_postproc=False)})
     build._verdicts.cache_clear()
-    assert build.tuned_trace(wl, host_target()) is not None
+    assert _quiet_tuned_trace(wl) is not None
     key_tuned = cache_key(wl, host_target(), build.schedules_for(host_target()),
                               build.tuned_trace(wl, host_target()))
     assert key_tuned != cache_key(wl, host_target(), build.schedules_for(host_target()))

@@ -20,7 +20,7 @@ from tvm.target import Target
 
 from .compute import prim_func
 from .spec import Workload
-from .tuning_log import TuningWarning, log_folders, module_hash, plain_json, read_verdicts
+from .tuning_log import USE_HAND, USE_TUNED, TuningWarning, log_folders, module_hash, plain_json, read_verdicts
 
 __all__ = ["TuningWarning", "workload_module", "tuned_trace", "hand_schedule", "scheduled_module", "compile_scheduled",
            "compile_module"]
@@ -58,9 +58,9 @@ def tuned_trace(wl: Workload, target: Target) -> Any | None:
     found = _verdict(wl, target)
     if found is None and (wl.bias or wl.activation):
         plain = _verdict(dataclasses.replace(wl, bias=False, activation=None), target)
-        if plain is not None and plain[0]["use"] == "tuned":
+        if plain is not None and plain[0]["use"] == USE_TUNED:
             return _fitting(wl, _with_epilogue(wl, plain[0]["trace"]), plain[1])
-    if found is None or found[0]["use"] != "tuned":
+    if found is None or found[0]["use"] != USE_TUNED:
         return None
     return _fitting(wl, found[0]["trace"], found[1])
 
@@ -76,7 +76,7 @@ def _verdict(wl: Workload, target: Target) -> tuple[dict, Path] | None:
         verdict = verdicts.get(shash)
         if verdict is None:
             continue
-        if verdict.get("use") == "hand-written" or (verdict.get("use") == "tuned" and "trace" in verdict):
+        if verdict.get("use") == USE_HAND or (verdict.get("use") == USE_TUNED and "trace" in verdict):
             return verdict, folder
         _pass_over(wl, folder, "its verdict names no schedule to use")
     return None

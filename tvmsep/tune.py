@@ -43,8 +43,8 @@ from tvm.target import Target
 from .build import compile_scheduled, hand_schedule, scheduled_module, schedules_for, workload_module
 from .spec import Workload
 from .target import resolve_target
-from .tuning_log import (FAILED_SECONDS, TuningLog, module_hash, plain_json, read_verdicts, record_seconds,
-                         target_folder_name)
+from .tuning_log import (FAILED_SECONDS, USE_HAND, USE_TUNED, TuningLog, module_hash, plain_json, read_verdicts,
+                         record_seconds, target_folder_name)
 
 __all__ = ["TuneOutcome", "TuningError", "tune", "format_table", "build_candidate", "make_builder", "make_runner"]
 
@@ -67,12 +67,12 @@ class TuneOutcome:
     hand_ms: float  # side by side with tuned_ms, at the end of the job
     tuned_ms: float  # best record found (== hand_ms when nothing else ran)
     trials: int  # records of this workload in the log, failed ones included
-    use: str  # "tuned" or "hand"
+    use: str  # USE_TUNED or USE_HAND
 
     @property
     def speedup(self) -> float:
         """What users get: the chosen schedule against the hand-written one."""
-        return self.hand_ms / self.tuned_ms if self.use == "tuned" else 1.0
+        return self.hand_ms / self.tuned_ms if self.use == USE_TUNED else 1.0
 
 
 def build_candidate(mod: tvm.IRModule, target: Target, _params) -> tvm.runtime.Module:
@@ -170,7 +170,7 @@ def _finalists(log: TuningLog, workload, hand_key: str) -> list[Any]:
             trace = plain_json(record.trace.as_json(remove_postproc=False))
             finalists.setdefault(json.dumps(trace), trace)
     chosen = read_verdicts(log.folder).get(module_hash(workload.mod))
-    if chosen is not None and chosen["use"] == "tuned":
+    if chosen is not None and chosen["use"] == USE_TUNED:
         finalists.setdefault(json.dumps(chosen["trace"]), chosen["trace"])
     return list(finalists.values())
 
@@ -336,7 +336,7 @@ def tune(workloads: Sequence[Workload], *, target=None, trials: int = 64,
             raise TuningError(f"{label}: the hand-written schedule could not be measured, so no candidate can be "
                               f"judged; no verdict written ({len(log.records(workload))} records logged). "
                               f"First error: {_gist(error)}")
-        use = "tuned" if best is not None and tuned_s < hand_s else "hand"
+        use = USE_TUNED if best is not None and tuned_s < hand_s else USE_HAND
         log.commit_verdict({
             "workload": module_hash(workload.mod), "describe": wl.describe(),
             "use": use, "hand_ms": hand_s * 1e3, "tuned_ms": tuned_s * 1e3, "trials": len(log.records(workload)),

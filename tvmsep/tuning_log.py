@@ -34,11 +34,14 @@ from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord
 from tvm.s_tir.meta_schedule.database import Workload as TVMWorkload
 
 __all__ = ["TuningLog", "TuningWarning", "module_hash", "plain_json", "record_seconds", "read_verdicts",
-           "target_folder_name", "log_folders", "WORKLOAD_FILE", "RECORD_FILE", "VERDICT_FILE"]
+           "target_folder_name", "log_folders", "WORKLOAD_FILE", "RECORD_FILE", "VERDICT_FILE", "USE_TUNED", "USE_HAND"]
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 VERDICT_FILE = "verdicts.json"
+# A verdict's "use": the schedule its job found faster, side by side.
+USE_TUNED = "tuned"  # the verdict's "trace"
+USE_HAND = "hand"  # the hand-written schedule
 # A failed candidate (build error, crash, timeout) is stored with this time, as TVM does.
 FAILED_SECONDS = 1e10
 

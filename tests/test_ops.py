@@ -362,6 +362,42 @@ def test_the_fused_activation_keeps_nan_as_tensorflow_does(op, layout, activatio
     np.testing.assert_allclose(y[finite], expected[finite], rtol=1e-4, atol=1e-4 * np.abs(expected[finite]).max())
 
 
+@pytest.mark.parametrize("padding", ["SAME", [[0, 0], [2, 1], [0, 3], [0, 0]]], ids=["same", "explicit"])
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("op", ["depthwise", "separable"])
+def test_filter_taps_over_the_padding_add_nothing_as_in_tensorflow(op, layout, padding, rng):
+    """TF sums only the taps that lie on the input: an Inf or NaN tap over the padding leaves
+    the border outputs finite (a product with the padding's zero would be NaN). A non-finite
+    tap at each corner of the filter in turn, so each padded side meets one; checked against
+    TensorFlow itself, and the float64 reference with it."""
+    tf = pytest.importorskip("tensorflow")
+    x = _random(rng, (1, 7, 6, 4), "float32")
+    p = _random(rng, (1, 1, 8, 3), "float32")
+    shape = (3, 3, 4, 2)
+    wl = (depthwise_workload(x.shape, "float32", shape, "float32", [1, 1, 1, 1], padding) if op == "depthwise" else
+          separable_workload(x.shape, "float32", shape, "float32", p.shape, "float32", [1, 1, 1, 1], padding))
+    op_fn = tvmsep.depthwise_conv2d if op == "depthwise" else tvmsep.separable_conv2d
+    ours = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if layout == "NCHW" else x
+    our_padding = [padding[i] for i in (0, 3, 1, 2)] if layout == "NCHW" and not isinstance(padding, str) else padding
+    for corner, value in zip([(0, 0), (0, 2), (2, 0), (2, 2)], [np.inf, -np.inf, np.nan, np.inf]):
+        f = _random(rng, shape, "float32")
+        f[corner + (1,)] = value
+        args = (x, f) if op == "depthwise" else (x, f, p)
+        expected = (tf.nn.depthwise_conv2d(x, f, [1, 1, 1, 1], padding) if op == "depthwise" else
+                    tf.nn.separable_conv2d(x, f, p, [1, 1, 1, 1], padding)).numpy()
+        assert np.isfinite(expected).any() and not np.isfinite(expected).all()
+        references = {"tensorflow": expected, "float64 reference": reference_for(wl, list(args))}
+        if layout == "NCHW":
+            references = {k: v.transpose(0, 3, 1, 2) for k, v in references.items()}
+        y = op_fn(ours, *args[1:], [1, 1, 1, 1], our_padding, data_format=layout)
+        for name, ref in references.items():
+            for special in (np.isnan, np.isposinf, np.isneginf):
+                np.testing.assert_array_equal(special(y), special(ref), err_msg=f"{special.__name__}, {name}, {corner}")
+            finite = np.isfinite(ref)
+            np.testing.assert_allclose(y[finite], ref[finite], rtol=1e-4, atol=1e-4 * np.abs(ref[finite]).max(),
+                                       err_msg=f"{name}, {corner}")
+
+
 def _run_capped(script: str, tmp_path, timeout: float) -> str:
     """`script`'s output, run in a fresh process whose address space is capped at 12 GiB, so that
     a regression fails there instead of taking the machine's memory."""

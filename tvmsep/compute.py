@@ -40,8 +40,15 @@ def accumulation_dtype(dtype: str) -> str:
     return "float32" if dtype == "float16" else dtype
 
 
+def _inside(wl: Workload, h, w):
+    """Whether padded row `h` and column `w` lie on the input; `likely` marks the interior
+    (kernels are built without loop partitioning: build.py)."""
+    return tirx.likely(tirx.all(h >= wl.pad_top, h < wl.pad_top + wl.in_height,
+                                w >= wl.pad_left, w < wl.pad_left + wl.in_width))
+
+
 def _pad(x: te.Tensor, wl: Workload) -> te.Tensor:
-    """Zero padding; the `likely` marks the interior (kernels are built without loop partitioning: build.py)."""
+    """Zero padding."""
     h_axis, w_axis = (1, 2) if wl.layout == "NHWC" else (2, 3)
     zero = tirx.const(0, wl.dtype)
     shape = list(x.shape)
@@ -50,11 +57,9 @@ def _pad(x: te.Tensor, wl: Workload) -> te.Tensor:
 
     def padded(*idx):
         h, w = idx[h_axis], idx[w_axis]
-        inside = tirx.all(h >= wl.pad_top, h < wl.pad_top + wl.in_height,
-                          w >= wl.pad_left, w < wl.pad_left + wl.in_width)
         src = list(idx)
         src[h_axis], src[w_axis] = h - wl.pad_top, w - wl.pad_left
-        return tirx.if_then_else(tirx.likely(inside), x[tuple(src)], zero)
+        return tirx.if_then_else(_inside(wl, h, w), x[tuple(src)], zero)
 
     return te.compute(shape, padded, name="pad")
 
@@ -85,8 +90,11 @@ def _store(acc: te.Tensor, wl: Workload, bias: te.Tensor | None, last: bool) -> 
 
 
 def depthwise_compute(x: te.Tensor, f: te.Tensor, wl: Workload, bias: te.Tensor | None = None) -> te.Tensor:
-    """out[b, i, j, k*M+q] = sum_{di,dj} f[di,dj,k,q] * x[b, s*i + r*di - pad, s*j + r*dj - pad, k]."""
-    padded = _pad(x, wl) if wl.pad_top + wl.pad_bottom + wl.pad_left + wl.pad_right else x
+    """out[b, i, j, k*M+q] = sum_{di,dj} f[di,dj,k,q] * x[b, s*i + r*di - pad, s*j + r*dj - pad, k],
+    over the taps that lie on the input: as in TF, a tap over the padding adds nothing, even
+    where the filter holds Inf or NaN there (a product with the padding's zero would be NaN)."""
+    pads = wl.pad_top + wl.pad_bottom + wl.pad_left + wl.pad_right
+    padded = _pad(x, wl) if pads else x
     acc = accumulation_dtype(wl.dtype)
     m = wl.multiplier
     di = te.reduce_axis((0, wl.kernel_h), name="di")
@@ -96,7 +104,11 @@ def depthwise_compute(x: te.Tensor, f: te.Tensor, wl: Workload, bias: te.Tensor 
         row = i * wl.stride_h + di * wl.dilation_h
         col = j * wl.stride_w + dj * wl.dilation_w
         pixel = padded[b, row, col, c // m] if wl.layout == "NHWC" else padded[b, c // m, row, col]
-        return pixel.astype(acc) * f[di, dj, c // m, c % m].astype(acc)
+        product = pixel.astype(acc) * f[di, dj, c // m, c % m].astype(acc)
+        # A select, not if_then_else: a condition that differs between vector lanes (NCHW's
+        # width) would make TVM's vectorizer give up on an if_then_else. -0.0, the exact identity
+        # of addition, lets LLVM turn `acc + select(inside, product, -0.0)` into a masked FMA.
+        return tirx.Select(_inside(wl, row, col), product, tirx.const(-0.0, acc)) if pads else product
 
     shape = (wl.batch, wl.out_height, wl.out_width, wl.mid_channels) if wl.layout == "NHWC" else \
         (wl.batch, wl.mid_channels, wl.out_height, wl.out_width)

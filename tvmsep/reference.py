@@ -46,20 +46,24 @@ def epilogue_reference(y: np.ndarray, bias: np.ndarray | None, wl: Workload) -> 
 
 def depthwise_reference(x: np.ndarray, f: np.ndarray, wl: Workload, bias: np.ndarray | None = None) -> np.ndarray:
     """output[b, i, j, k*M + q] = sum_{di,dj} f[di,dj,k,q] * x[b, s*i + r*di, s*j + r*dj, k] (padded),
-    then, for a depthwise workload, its epilogue (`bias`, activation)."""
+    over the taps on the input only (TF's rule: a tap over the padding adds nothing, even an
+    Inf or NaN one), then, for a depthwise workload, its epilogue (`bias`, activation)."""
     x = np.asarray(x, np.float64)
     f = np.asarray(f, np.float64)
     if wl.layout == "NCHW":
         x = x.transpose(0, 2, 3, 1)
-    x = np.pad(x, ((0, 0), (wl.pad_top, wl.pad_bottom), (wl.pad_left, wl.pad_right), (0, 0)))
+    pads = ((0, 0), (wl.pad_top, wl.pad_bottom), (wl.pad_left, wl.pad_right), (0, 0))
+    on_input = np.pad(np.ones((1,) + x.shape[1:3] + (1,), bool), pads)
+    x = np.pad(x, pads)
     oh, ow = wl.out_height, wl.out_width
     out = np.zeros((x.shape[0], oh, ow, wl.in_channels, wl.multiplier))
     for di in range(wl.kernel_h):
         for dj in range(wl.kernel_w):
             row, col = di * wl.dilation_h, dj * wl.dilation_w
-            window = x[:, row:row + (oh - 1) * wl.stride_h + 1:wl.stride_h,
-                       col:col + (ow - 1) * wl.stride_w + 1:wl.stride_w, :]
-            out += window[..., None] * f[di, dj]
+            taps = (slice(None), slice(row, row + (oh - 1) * wl.stride_h + 1, wl.stride_h),
+                    slice(col, col + (ow - 1) * wl.stride_w + 1, wl.stride_w), slice(None))
+            with np.errstate(invalid="ignore"):  # 0 * Inf over the padding, dropped by the mask
+                out += np.where(on_input[taps][..., None], x[taps][..., None] * f[di, dj], 0.0)
     out = out.reshape(x.shape[0], oh, ow, wl.mid_channels)
     out = out if wl.layout == "NHWC" else out.transpose(0, 3, 1, 2)
     return epilogue_reference(out, bias, wl) if wl.op == "depthwise" else out
@@ -71,9 +75,9 @@ def separable_reference(x: np.ndarray, f: np.ndarray, p: np.ndarray, wl: Workloa
     (rounded once, e.g. to float16) before the exact 1x1 mix; then the epilogue."""
     mid = depthwise_reference(x, f, wl).astype(wl.dtype).astype(np.float64)
     weights = np.asarray(p, np.float64)[0, 0]
-    if wl.layout == "NHWC":
-        return epilogue_reference(mid @ weights, bias, wl)
-    return epilogue_reference(np.einsum("nchw,co->nohw", mid, weights), bias, wl)
+    with np.errstate(invalid="ignore"):  # Inf - Inf is NaN here as in TF
+        mixed = mid @ weights if wl.layout == "NHWC" else np.einsum("nchw,co->nohw", mid, weights)
+    return epilogue_reference(mixed, bias, wl)
 
 
 def reference_for(wl: Workload, arrays: list[np.ndarray]) -> np.ndarray:

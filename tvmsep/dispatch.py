@@ -6,20 +6,20 @@ its kernel. Repeated calls with the same argument values skip validation
 through a small memo keyed by those values, so the per-call cost is a dict
 lookup plus the array hand-off. Needs only the TVM runtime.
 
-The option values enter the key pickled: pickle tells apart values that
-compare equal but that the checks treat differently (1, 1.0 and True; a
-list and a numpy array of the same numbers), and it does so in C, faster
-than a Python walk over the values. The commonest call, numpy arrays and
-the default target, builds that key from its arguments as they come and
-runs from the memo without the general path's conversions
+The option values enter the key serialized (`_serialized`): a serialization
+tells apart values that compare equal but that the checks treat differently
+(1, 1.0 and True; a list and a numpy array of the same numbers), and it does
+so in C, faster than a Python walk over the values. The commonest call, numpy
+arrays and the default target, builds that key from its arguments as they
+come and runs from the memo without the general path's conversions
 (`_remembered_numpy_call`): on a small layer the call's Python is most of
-its time.
+its time, so that path makes as few Python calls as it can.
 """
 
 from __future__ import annotations
 
+import marshal
 import math
-import operator
 import pickle
 from typing import Any, Callable
 
@@ -33,7 +33,6 @@ from .spec import Workload, depthwise_workload, separable_workload, split_bias
 __all__ = ["Dispatcher"]
 
 _MEMO_LIMIT = 4096
-_SHAPE_AND_DTYPE = operator.attrgetter("shape", "dtype")  # an array's part of a memo key
 _NOT_REMEMBERED = object()  # `Dispatcher._remembered_numpy_call` left the call to `__call__`
 
 
@@ -49,7 +48,7 @@ class Dispatcher:
                  check_target: Callable[[Any], Any]) -> None:
         self._kernel_for = kernel_for
         self._check_target = check_target
-        # (op, shape and dtype of each array, pickled options and target) -> (workload, kernel)
+        # (op, shape and dtype of each array in turn, serialized options and target) -> (workload, kernel)
         self._memo: dict[tuple, tuple[Workload, Any]] = {}
 
     def clear(self) -> None:
@@ -64,15 +63,13 @@ class Dispatcher:
             # to_array's own first case, taken here: the call would cost 0.1 µs per array.
             array, where = (value, runtime.HOST) if type(value) is np.ndarray else runtime.to_array(name, value)
             inputs.append(array)
-            memo_key.append((array.shape, array.dtype))
+            memo_key += (array.shape, array.dtype)
             if home is None:
                 home = where  # the first array's
-        # A Target pickles slowly (15 µs); its string names it. `is None` first: isinstance costs 0.1 µs.
+        # A Target serializes slowly (15 µs); its string names it. `is None` first: isinstance costs 0.1 µs.
         target_key = target if target is None or not isinstance(target, tvm.target.Target) else str(target)
-        try:
-            memo_key = (*memo_key, pickle.dumps((options, target_key)))
-        except Exception:  # pickle cannot take an argument: no memo, spec checks it on every call
-            memo_key = None
+        serialized = _serialized((options, target_key))
+        memo_key = None if serialized is None else (*memo_key, serialized)
         hit = None if memo_key is None else self._memo.get(memo_key)
         if hit is None:
             wl = _workload(op, inputs, options)
@@ -98,8 +95,8 @@ class Dispatcher:
         """`depthwise_conv2d`'s arguments, in its order, named as its errors name them."""
         options = (strides, padding, rate, name, data_format, dilations, activation)
         if target is None and type(input) is np.ndarray and type(filter) is np.ndarray:
-            arrays = (input, filter) if bias is None else (input, filter, bias)
-            done = self._remembered_numpy_call("depthwise", arrays, options, out)
+            done = self._remembered_numpy_call("depthwise", (input, filter) if bias is None else (input, filter, bias),
+                                               options, out)
             if done is not _NOT_REMEMBERED:
                 return done
         return self("depthwise", _arrays((("input", input), ("filter", filter)), bias), options, target, out)
@@ -120,25 +117,44 @@ class Dispatcher:
 
     def _remembered_numpy_call(self, op: str, arrays: tuple, options: tuple, out: Any) -> Any:
         """The common call, its arrays numpy and its target the default, run straight from the memo
-        when `__call__` has seen its argument values (the same key: op, shapes and dtypes, pickled
-        options and target); `_NOT_REMEMBERED` when it has not, or when a value is not as simple
-        as that, and `__call__` takes the call."""
-        if type(arrays[-1]) is not np.ndarray:  # a bias of another type
-            return _NOT_REMEMBERED
+        when `__call__` has seen its argument values (the same key: op, shape and dtype of each array,
+        serialized options and target); `_NOT_REMEMBERED` when it has not, or when a value is not as
+        simple as that, and `__call__` takes the call."""
+        key = [op]
+        for array in arrays:
+            if type(array) is not np.ndarray:  # a bias of another type
+                return _NOT_REMEMBERED
+            key += (array.shape, array.dtype)
         try:
-            key = (op, *map(_SHAPE_AND_DTYPE, arrays), pickle.dumps((options, None)))
-        except Exception:  # as in __call__: a value pickle cannot take
-            return _NOT_REMEMBERED
-        hit = self._memo.get(key)
+            key.append(marshal.dumps((options, None), 2))  # `_serialized`'s first case, without its call
+        except ValueError:
+            key.append(_serialized((options, None)))
+        hit = self._memo.get(tuple(key))
         if hit is None:
             return _NOT_REMEMBERED
         kernel = hit[1]
         if out is None:
-            return kernel.run(arrays, None, runtime.HOST)
+            return kernel.run_new(arrays)
         if type(out) is np.ndarray and kernel.checks_output:
             kernel.run_into(arrays, out)
             return out
         return _NOT_REMEMBERED
+
+
+def _serialized(value: Any) -> bytes | None:
+    """`value` (option values and a target key) as bytes that only an identical value has, or None
+    when it cannot be serialized (no memo then: spec checks the call every time). marshal first: it
+    is the faster, and it writes only exact builtin types (version 2: without back-references, whose
+    use depends on reference counts); pickle for the rest (numpy scalars, arrays, subclasses). The two
+    never agree on a value's bytes: marshal begins a tuple with "(", pickle with its protocol byte."""
+    try:
+        return marshal.dumps(value, 2)
+    except ValueError:
+        pass
+    try:
+        return pickle.dumps(value)
+    except Exception:
+        return None
 
 
 def _arrays(named: tuple[tuple[str, Any], ...], bias: Any) -> tuple[tuple[str, Any], ...]:

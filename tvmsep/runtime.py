@@ -186,7 +186,7 @@ class Kernel:
         self._function = function
         self._on_gpu = self.device.dlpack_device_type() == CUDA
         self.checks_output = not self._on_gpu  # `run_into` may be used
-        self._output = (workload.output_shape, np.dtype(workload.dtype))  # np.empty's arguments, parsed once
+        self._output_shape, self._output_dtype = workload.output_shape, np.dtype(workload.dtype)  # parsed once
         threads.note_kernel()
 
     def run(self, inputs: Sequence[Array], out: Array | None, home: Home = HOST) -> Array:
@@ -198,10 +198,20 @@ class Kernel:
         if self._on_gpu:
             return self._run_on_gpu(inputs, out, home)
         if out is None:
-            out = np.empty(*self._output)
+            return self.run_new(inputs)
         try:
             self._function(*inputs, out)  # numpy crosses by DLPack, without a copy
         except (ValueError, BufferError):  # refused before any work: a strided or read-only input
+            self._function(*self._compact_host_inputs(inputs), out)
+        return out
+
+    def run_new(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        """`run` of host arrays into a new numpy result (CPU kernels only): the common call, in
+        as few Python steps as it takes."""
+        out = np.empty(self._output_shape, self._output_dtype)
+        try:
+            self._function(*inputs, out)
+        except (ValueError, BufferError):  # as in `run`
             self._function(*self._compact_host_inputs(inputs), out)
         return out
 

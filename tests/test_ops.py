@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import tvmsep
-from tvmsep import ops
+from tvmsep import ops, runtime
 from tvmsep.networks import network
 from tvmsep.reference import depthwise_reference, reference_for, separable_reference
 from tvmsep.spec import depthwise_workload, separable_workload
@@ -199,6 +199,17 @@ def test_misaligned_arrays_are_used_in_place(rng):
     wl = depthwise_workload(x.shape, x.dtype, f.shape, f.dtype, [1, 1, 1, 1], "SAME")
     assert tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", out=out) is out
     assert_close(out, depthwise_reference(x, f, wl), "float32")
+
+
+def test_a_large_depthwise_result_starts_on_a_cache_line(rng):
+    """numpy allocates on 16 bytes; a depthwise kernel's vector stores would straddle lines."""
+    x = _random(rng, (1, 32, 32, 64), "float32")  # a 256 KiB result, past ALIGNED_RESULT_MIN_BYTES
+    f = _random(rng, (3, 3, 64, 1), "float32")
+    wl = depthwise_workload(x.shape, x.dtype, f.shape, f.dtype, [1, 1, 1, 1], "SAME")
+    results = [tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME") for _ in range(8)]  # held: fresh allocations
+    assert all(y.ctypes.data % runtime.CACHE_LINE_BYTES == 0 for y in results)
+    assert all(y.flags.c_contiguous and y.flags.writeable and y.shape == wl.output_shape for y in results)
+    assert_close(results[-1], depthwise_reference(x, f, wl), "float32")
 
 
 @pytest.mark.parametrize("bad_out, error, words", [

@@ -11,6 +11,16 @@ Compiled CPU code assumes only element alignment (`compute._element_aligned`);
 CUDA code loads VECTOR_BYTES at a time, so a device tensor that is not aligned
 to that (a view into another tensor) is copied to one that is.
 
+A new depthwise result on the host starts on a cache line (`_line_aligned_empty`):
+numpy's allocations are 16-byte aligned, so each vector store of a depthwise
+kernel, one per handful of loads, would straddle two lines, which costs most on
+CPUs whose vectors are a whole line (AVX-512). Finding an array's address from
+Python costs about a microsecond, and numpy places one result in four on a line by
+chance, so results too small for the straddling to outweigh that are left as numpy
+allocates them (`ALIGNED_RESULT_MIN_BYTES`).
+A separable kernel's stores are few next to its GEMM's FMAs: its result is not
+moved. Measurements: benchmarks/results/ and the commit that added this.
+
 This module needs only the TVM runtime, never the compiler.
 """
 
@@ -18,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from typing import Any, Callable, Sequence, Union
 
 import numpy as np
@@ -31,6 +42,8 @@ __all__ = ["Kernel", "Home", "to_array", "output_array", "VECTOR_BYTES"]
 
 CPU, CUDA = 1, 2  # DLPack device types
 VECTOR_BYTES = 16  # the widest load the CUDA kernels issue (float4)
+CACHE_LINE_BYTES = 64
+ALIGNED_RESULT_MIN_BYTES = 64 << 10  # a new depthwise result at least this large starts on a cache line
 
 # What a kernel takes: host arrays as numpy, device arrays as TVM tensors.
 Array = Union[np.ndarray, tvm_ffi.Tensor]
@@ -171,6 +184,14 @@ def _check_shape_dtype(fn: str, shape: tuple, dtype: Any, wl: Workload) -> None:
         raise TypeError(f"{fn}: `out` has dtype {dtype}; the result has dtype {wl.dtype}")
 
 
+def _line_aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialized C-contiguous array whose first element starts a cache line."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + CACHE_LINE_BYTES, np.uint8)
+    address = tvm_ffi.from_dlpack(raw).data_ptr()  # a third of the time `raw.ctypes.data` takes
+    return np.ndarray(shape, dtype, raw, -address % CACHE_LINE_BYTES)
+
+
 class Kernel:
     """One compiled workload. Thread-safe: calls share only the read-only module.
 
@@ -187,6 +208,8 @@ class Kernel:
         self._on_gpu = self.device.dlpack_device_type() == CUDA
         self.checks_output = not self._on_gpu  # `run_into` may be used
         self._output_shape, self._output_dtype = workload.output_shape, np.dtype(workload.dtype)  # parsed once
+        nbytes = math.prod(workload.output_shape) * self._output_dtype.itemsize
+        self._aligns_result = workload.op == "depthwise" and nbytes >= ALIGNED_RESULT_MIN_BYTES  # module docstring
         threads.note_kernel()
 
     def run(self, inputs: Sequence[Array], out: Array | None, home: Home = HOST) -> Array:
@@ -208,7 +231,10 @@ class Kernel:
     def run_new(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         """`run` of host arrays into a new numpy result (CPU kernels only): the common call, in
         as few Python steps as it takes."""
-        out = np.empty(self._output_shape, self._output_dtype)
+        if self._aligns_result:
+            out = _line_aligned_empty(self._output_shape, self._output_dtype)
+        else:
+            out = np.empty(self._output_shape, self._output_dtype)
         try:
             self._function(*inputs, out)
         except (ValueError, BufferError):  # as in `run`

@@ -6,6 +6,7 @@ failing candidates do not stop a job, RPC measurement survives losing a
 device, and compiling uses what a job chose.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -174,15 +175,24 @@ def test_partial_last_line_is_trimmed_and_tvm_still_reads(tuned_log, tmp_path):
     assert len(log) == len(whole) == len(_tvm_records(copy))
 
 
+def _kill_with_its_workers(process: subprocess.Popen) -> None:
+    """SIGKILL `process`, started with start_new_session=True, and every process it started:
+    TVM's measuring workers outlive a killed parent, so they are found by its process group."""
+    process.kill()
+    process.wait()
+    with contextlib.suppress(ProcessLookupError):  # none was left
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 def test_killed_job_resumes_without_losing_records(tmp_path):
     wl = _tiny(channels=32)
     records = tmp_path / FOLDER / RECORD_FILE
-    job = subprocess.Popen(_cli_args(wl, 14, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = subprocess.Popen(_cli_args(wl, 14, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
     try:
         _wait_for_lines(records, 5, job)  # the hand-written record and part of the search
     finally:
-        job.send_signal(signal.SIGKILL)
-        job.wait()
+        _kill_with_its_workers(job)  # as in a crash: the job cleans up nothing
     before = _lines(records)
     assert len(_tvm_records(tmp_path / FOLDER)) == len(before)
     plot = tmp_path / "search.png"
@@ -262,7 +272,7 @@ def test_rpc_measurement_survives_losing_a_server(tmp_path):
     python = [sys.executable, "-m"]
     tracker = subprocess.Popen(python + ["tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(tracker_port),
                                          "--port-end", str(tracker_port + 1)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     servers = []
     try:
         time.sleep(3)
@@ -271,7 +281,7 @@ def test_rpc_measurement_survives_losing_a_server(tmp_path):
             servers.append(subprocess.Popen(
                 python + ["tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{tracker_port}", "--key", "testbox",
                           "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 50)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         wl = _tiny(channels=40)
         records = tmp_path / FOLDER / RECORD_FILE
         job = subprocess.Popen(_cli_args(wl, 10, tmp_path, "--rpc", f"127.0.0.1:{tracker_port}",
@@ -288,8 +298,7 @@ def test_rpc_measurement_survives_losing_a_server(tmp_path):
             "nothing was measured after the server was killed"
     finally:
         for proc in servers + [tracker]:
-            proc.kill()
-            proc.wait()
+            _kill_with_its_workers(proc)
 
 
 def test_tuning_records_that_do_not_fit_fall_back_to_hand_written(tmp_path, monkeypatch, rng):

@@ -184,9 +184,9 @@ def _check_shape_dtype(fn: str, shape: tuple, dtype: Any, wl: Workload) -> None:
         raise TypeError(f"{fn}: `out` has dtype {dtype}; the result has dtype {wl.dtype}")
 
 
-def _line_aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """An uninitialized C-contiguous array whose first element starts a cache line."""
-    nbytes = math.prod(shape) * dtype.itemsize
+def _line_aligned_empty(shape: tuple[int, ...], dtype: np.dtype, nbytes: int) -> np.ndarray:
+    """An uninitialized C-contiguous array of `nbytes` (its size, which the caller knows) whose
+    first element starts a cache line."""
     raw = np.empty(nbytes + CACHE_LINE_BYTES, np.uint8)
     address = tvm_ffi.from_dlpack(raw).data_ptr()  # a third of the time `raw.ctypes.data` takes
     return np.ndarray(shape, dtype, raw, -address % CACHE_LINE_BYTES)
@@ -209,7 +209,8 @@ class Kernel:
         self.checks_output = not self._on_gpu  # `run_into` may be used
         self._output_shape, self._output_dtype = workload.output_shape, np.dtype(workload.dtype)  # parsed once
         nbytes = math.prod(workload.output_shape) * self._output_dtype.itemsize
-        self._aligns_result = workload.op == "depthwise" and nbytes >= ALIGNED_RESULT_MIN_BYTES  # module docstring
+        # A new result's size when it is to start on a cache line (module docstring), else 0.
+        self._aligned_result_bytes = nbytes if workload.op == "depthwise" and nbytes >= ALIGNED_RESULT_MIN_BYTES else 0
         threads.note_kernel()
 
     def run(self, inputs: Sequence[Array], out: Array | None, home: Home = HOST) -> Array:
@@ -231,8 +232,8 @@ class Kernel:
     def run_new(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         """`run` of host arrays into a new numpy result (CPU kernels only): the common call, in
         as few Python steps as it takes."""
-        if self._aligns_result:
-            out = _line_aligned_empty(self._output_shape, self._output_dtype)
+        if self._aligned_result_bytes:
+            out = _line_aligned_empty(self._output_shape, self._output_dtype, self._aligned_result_bytes)
         else:
             out = np.empty(self._output_shape, self._output_dtype)
         try:

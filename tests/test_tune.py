@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tvm.s_tir import Schedule
+from tvm.s_tir.schedule import Trace
 from tvm.s_tir import meta_schedule as ms
 
 import tvmsep
@@ -146,6 +147,46 @@ def test_compiling_uses_the_verdict(tuned_log, monkeypatch, rng):
     ops._kernels.clear()
     ops._call.clear()
     build._verdicts.cache_clear()
+
+
+def test_an_epilogue_follows_a_verdict_from_the_generic_space(tuned_log, monkeypatch, rng):
+    """A verdict from meta-schedule's generic space writes the convolution in place, with
+    no store to inline an epilogue into: the epilogue is computed under its outer spatial
+    tile and post-processed with it, and computes the reference (it used to fall back to
+    the hand-written schedule)."""
+    wl, folder, _ = tuned_log
+    monkeypatch.setenv("TVMSEP_TUNING_DIR", str(folder.parent))
+    log = TuningLog(folder)
+    generic = [r for r in log.records(log.commit_workload(build.workload_module(wl)))
+               if r.run_secs and "meta_schedule.tiling_structure" in str(r.trace)]
+    assert generic, "the tiny job measured no candidate of the generic space"
+    best = min(generic, key=lambda r: float(r.run_secs[0]))
+    verdict = json.loads(_lines(folder / VERDICT_FILE)[-1])
+    log.commit_verdict({**verdict, "use": "tuned", "trace": best.trace.as_json(remove_postproc=False)})
+    build._verdicts.cache_clear()
+    ops._kernels.clear()
+    ops._call.clear()
+    try:
+        with_epilogue = dataclasses.replace(wl, bias=True, activation="relu6")
+        trace = _quiet_tuned_trace(with_epilogue)
+        assert trace is not None, "the epilogue workload fell back to the hand-written schedule"
+        sch = Schedule(build.workload_module(with_epilogue))
+        Trace.apply_json_to_schedule(trace, sch)
+        outermost = {sch.get(b).name_hint: sch.get(sch.get_loops(b)[0])
+                     for b in sch.get_child_blocks(sch.get_sblock("root"))}
+        epilogue = outermost.pop("depthwise_epilogue", None)
+        assert epilogue is None or any(epilogue.same_as(loop) for loop in outermost.values()), \
+            "the epilogue is a loop nest of its own"
+        x = rng.standard_normal(wl.input_shape, dtype=np.float32)
+        f = rng.standard_normal(wl.filter_shape, dtype=np.float32)
+        bias = rng.standard_normal(wl.out_channels, dtype=np.float32)
+        out = np.full(wl.output_shape, np.nan, np.float32)
+        tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", bias=bias, activation="relu6", out=out)
+        assert_close(out, depthwise_reference(x, f, with_epilogue, bias), "float32")
+    finally:
+        build._verdicts.cache_clear()
+        ops._kernels.clear()
+        ops._call.clear()
 
 
 def test_each_design_space_is_measured_at_the_hand_written_sizes_once(tmp_path):

@@ -59,7 +59,7 @@ def tuned_trace(wl: Workload, target: Target) -> Any | None:
     if found is None and (wl.bias or wl.activation):
         plain = _verdict(dataclasses.replace(wl, bias=False, activation=None), target)
         if plain is not None and plain[0]["use"] == USE_TUNED:
-            return _fitting(wl, _with_epilogue(wl, plain[0]["trace"]), plain[1])
+            return _fitting(wl, _with_epilogue(wl, plain[0]["trace"], target), plain[1])
     if found is None or found[0]["use"] != USE_TUNED:
         return None
     return _fitting(wl, found[0]["trace"], found[1])
@@ -99,18 +99,76 @@ def _pass_over(wl: Workload, folder: Path, why: str) -> None:
                   "using the hand-written schedule", TuningWarning, stacklevel=4)
 
 
-def _with_epilogue(wl: Workload, trace: Any) -> Any | None:
+def _with_epilogue(wl: Workload, trace: Any, target: Target) -> Any | None:
     """The trace tuned for `wl` without its epilogue, replayed on `wl`, with the epilogue
     stage then inlined into the store the trace placed (so it runs on the tile in
-    registers); None, for the hand-written schedule, where the trace does not apply."""
+    registers); None, for the hand-written schedule, where the trace does not apply.
+
+    A trace from meta-schedule's generic space has no store to inline into: it writes
+    the convolution's result in place, and its post-processing walks every block, so
+    the epilogue's extra block stops the replay (`_generic_with_epilogue`)."""
     sch = s_tir.Schedule(workload_module(wl))
     try:
         s_tir.schedule.Trace.apply_json_to_schedule(trace, sch)
-        sch.reverse_compute_inline(sch.get_sblock(("depthwise" if wl.op == "depthwise" else "pointwise")
-                                                  + "_epilogue"))
+        sch.reverse_compute_inline(sch.get_sblock(_conv_block(wl) + "_epilogue"))
     except (RuntimeError, ValueError):  # TVM's ScheduleError is a RuntimeError
+        return _generic_with_epilogue(wl, trace, target)
+    return plain_json(sch.trace.as_json(remove_postproc=False))
+
+
+def _conv_block(wl: Workload) -> str:
+    return "depthwise" if wl.op == "depthwise" else "pointwise"
+
+
+def _generic_with_epilogue(wl: Workload, trace: Any, target: Target) -> Any | None:
+    """A generic-space trace replayed on `wl` up to its post-processing, the epilogue
+    fused into its tiles (`_fuse_epilogue`), then meta-schedule's post-processing for
+    `target` run again over every block: the schedule the tuner would have made had it
+    fused the epilogue as its multi-level tiling fuses a consumer. None where that fails."""
+    from tvm.s_tir import meta_schedule as ms
+
+    instructions, decisions = trace
+    cut = next((n for n, inst in enumerate(instructions) if inst[0] == "EnterPostproc"), None)
+    if cut is None:
+        return None
+    sch = s_tir.Schedule(workload_module(wl))
+    try:
+        s_tir.schedule.Trace.apply_json_to_schedule(
+            [instructions[:cut], [d for d in decisions if d[0] < cut]], sch)
+        if not _fuse_epilogue(sch, wl):
+            return None
+        sch.enter_postproc()
+        context = ms.TuneContext(mod=sch.mod, target=target, space_generator="post-order-apply", num_threads=1)
+        for postproc in ms.postproc.Postproc.create(target.kind.name):
+            postproc._initialize_with_tune_context(context)
+            if not postproc.apply(sch):
+                return None
+    except (RuntimeError, ValueError, KeyError, IndexError):  # no tiling structure, or TVM's ScheduleError
         return None
     return plain_json(sch.trace.as_json(remove_postproc=False))
+
+
+def _fuse_epilogue(sch: s_tir.Schedule, wl: Workload) -> bool:
+    """Fuse the epilogue into a generic-space schedule's tiles; False where it has none.
+
+    Where the tiling accumulates a tile in a local buffer, the epilogue is inlined into
+    the stage that writes the tile back; else it is computed under the outer spatial
+    tile (the tile loops outside the first reduction), where the tile's results are
+    still in L1."""
+    epilogue = sch.get_sblock(_conv_block(wl) + "_epilogue")
+    try:
+        sch.reverse_compute_inline(epilogue)
+        return True
+    except RuntimeError:  # its producer is the reduction itself: no write-back stage
+        pass
+    conv = sch.get_sblock(_conv_block(wl))
+    structure = str(sch.get(conv).annotations["meta_schedule.tiling_structure"])
+    spatial = sum(1 for v in sch.get(conv).iter_vars if v.iter_type == tvm.tirx.IterVar.DataPar)
+    outer = structure.index("R") * spatial
+    if outer == 0:
+        return False
+    sch.reverse_compute_at(epilogue, sch.get_loops(conv)[outer - 1])
+    return True
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,9 +9,8 @@ The ops, which compile, are imported on first use: a process that only
 loads bundles never loads TVM's compiler.
 """
 
-__version__ = "0.1.0"
-
 from .threads import configure_thread_pool
+from .version import __version__
 
 configure_thread_pool()  # before TVM starts its pool; see threads.py
 

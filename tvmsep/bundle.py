@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import tvm
 
-from . import __version__, runtime
+from . import runtime
 from .dispatch import Dispatcher
 from .spec import Workload, split_bias
+from .version import __version__
 
 __all__ = ["FORMAT", "MANIFEST", "LIBRARY", "BundleError", "Bundle", "load", "function_name_for"]
 

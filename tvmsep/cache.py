@@ -38,6 +38,7 @@ from tvmsep.schedules import common as schedule_common
 from . import build as build_steps, compute
 from .files import file_sha256, publish
 from .spec import Workload
+from .version import __version__
 
 __all__ = ["CacheWarning", "cache_dir", "cache_key", "ModuleCache"]
 
@@ -65,7 +66,6 @@ def _source_digest(*modules) -> str:
 def cache_key(wl: Workload, target: tvm.target.Target, schedule_module, trace: Any = None) -> str:
     """Hash of workload, target, TE + schedule + build source (or the tuned trace),
     TVM version and cache format."""
-    from . import __version__
     payload = {
         "format": FORMAT_VERSION,
         "workload": wl.to_json(),

@@ -18,11 +18,12 @@ from typing import Any, Callable, Sequence
 
 import tvm
 
-from . import __version__, build
+from . import build
 from .bundle import FORMAT, LIBRARY, MANIFEST, MANIFEST_FIELDS, function_name_for
 from .files import file_sha256
 from .spec import Workload, depthwise_workload, separable_workload
 from .target import resolve_target
+from .version import __version__
 
 __all__ = ["compile_bundle", "layers_from_file", "parse_target"]
 

@@ -26,7 +26,7 @@ from tvmsep.build import workload_module
 from tvmsep.networks import network
 from tvmsep.target import host_target
 from tvmsep.threads import usable_cores
-from tvmsep.tuning_log import USE_TUNED, log_folders, module_hash, read_verdicts, target_folder_name
+from tvmsep.verdicts import USE_TUNED, log_folders, module_hash, read_verdicts, target_folder_name
 
 
 def main() -> int:
@@ -47,14 +47,14 @@ def main() -> int:
                 if verdict is None:
                     rows.append(f"| {name} | {wl.describe()} | not tuned | | | | | | |")
                     continue
-                chosen_ms = verdict["tuned_ms"] if verdict["use"] == USE_TUNED else verdict["hand_ms"]
-                speedups[op].append(verdict["hand_ms"] / chosen_ms)
+                chosen_ms = verdict.tuned_ms if verdict.use == USE_TUNED else verdict.hand_ms
+                speedups[op].append(verdict.hand_ms / chosen_ms)
                 achieved_gflops = wl.flops / chosen_ms / 1e6
                 flops_share = achieved_gflops / gflops
                 peak_shares[op].append(flops_share)
                 achieved_gbs = compulsory_bytes(wl) / chosen_ms / 1e6
-                rows.append(f"| {name} | {wl.describe()} | {verdict['hand_ms']:.4f} | {verdict['tuned_ms']:.4f} | "
-                            f"{verdict['use']} {verdict['hand_ms'] / chosen_ms:.2f}x | {verdict['trials']} | "
+                rows.append(f"| {name} | {wl.describe()} | {verdict.hand_ms:.4f} | {verdict.tuned_ms:.4f} | "
+                            f"{verdict.use} {verdict.hand_ms / chosen_ms:.2f}x | {verdict.trials} | "
                             f"{achieved_gflops:.0f} ({flops_share:.0%}) | "
                             f"{achieved_gbs:.0f} ({achieved_gbs / bandwidth:.0%}) | "
                             f"{copy_ms(compulsory_bytes(wl)):.4f} |")

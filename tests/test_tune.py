@@ -31,7 +31,8 @@ from tvmsep.reference import depthwise_reference
 from tvmsep.schedules import llvm
 from tvmsep.spec import depthwise_workload, separable_workload
 from tvmsep.tune import tune
-from tvmsep.tuning_log import RECORD_FILE, VERDICT_FILE, WORKLOAD_FILE, TuningLog, plain_json, target_folder_name
+from tvmsep.tuning_log import RECORD_FILE, WORKLOAD_FILE, TuningLog
+from tvmsep.verdicts import VERDICT_FILE, Verdict, plain_json, target_folder_name
 from tvmsep.target import host_target
 
 from conftest import assert_close
@@ -119,13 +120,15 @@ def test_compiling_uses_the_verdict(tuned_log, monkeypatch, rng):
     log = TuningLog(folder)
     best = min((r for r in log.records(log.commit_workload(build.workload_module(wl)))[1:] if r.run_secs),
                key=lambda r: float(r.run_secs[0]))
-    verdict = json.loads(_lines(folder / VERDICT_FILE)[-1])
-    log.commit_verdict({**verdict, "use": "hand", "trace": best.trace.as_json(remove_postproc=False)})
+    verdict = Verdict.from_json(json.loads(_lines(folder / VERDICT_FILE)[-1]))
+    trace = plain_json(best.trace.as_json(remove_postproc=False))
+    log.commit_verdict(dataclasses.replace(verdict, use="hand", trace=trace))
     build._verdicts.cache_clear()
     assert _quiet_tuned_trace(wl) is None
-    log.commit_verdict({**verdict, "use": "tuned", "trace": best.trace.as_json(remove_postproc=False)})
+    # Found by the workload's structural hash alone: the description is for people.
+    log.commit_verdict(dataclasses.replace(verdict, use="tuned", trace=trace, describe="reworded"))
     build._verdicts.cache_clear()
-    assert _quiet_tuned_trace(wl) is not None
+    assert _quiet_tuned_trace(wl) == trace
     key_tuned = cache_key(wl, host_target(), build.schedules_for(host_target()),
                               build.tuned_trace(wl, host_target()))
     assert key_tuned != cache_key(wl, host_target(), build.schedules_for(host_target()))
@@ -161,8 +164,8 @@ def test_an_epilogue_follows_a_verdict_from_the_generic_space(tuned_log, monkeyp
                if r.run_secs and "meta_schedule.tiling_structure" in str(r.trace)]
     assert generic, "the tiny job measured no candidate of the generic space"
     best = min(generic, key=lambda r: float(r.run_secs[0]))
-    verdict = json.loads(_lines(folder / VERDICT_FILE)[-1])
-    log.commit_verdict({**verdict, "use": "tuned", "trace": best.trace.as_json(remove_postproc=False)})
+    verdict = Verdict.from_json(json.loads(_lines(folder / VERDICT_FILE)[-1]))
+    log.commit_verdict(dataclasses.replace(verdict, use="tuned", trace=plain_json(best.trace.as_json(remove_postproc=False))))
     build._verdicts.cache_clear()
     ops._kernels.clear()
     ops._call.clear()
@@ -346,7 +349,7 @@ def test_tuning_records_that_do_not_fit_fall_back_to_hand_written(tmp_path, monk
     """A verdict with no choice in it, a tuned verdict without its trace, and a separable's trace
     filed under a depthwise workload: each kernel runs its hand-written schedule, with a
     warning naming the folder, and computes the reference."""
-    from tvmsep.tuning_log import module_hash
+    from tvmsep.verdicts import module_hash
     folder = tmp_path / FOLDER
     folder.mkdir()
     shapes = ((1, 6, 6, 3), (1, 6, 6, 5), (1, 7, 7, 4))
@@ -379,8 +382,8 @@ def test_tuning_records_that_do_not_fit_fall_back_to_hand_written(tmp_path, monk
 def test_a_tuning_folder_others_can_write_is_not_used(tmp_path, monkeypatch):
     """$TVMSEP_TUNING_DIR gets the cache's permission rule: logs that other users can write
     (where a forged trace could be planted) are passed over with a warning."""
-    from tvmsep import tuning_log
-    from tvmsep.tuning_log import log_folders
+    from tvmsep import verdicts
+    from tvmsep.verdicts import log_folders
     folder = tmp_path / FOLDER
     folder.mkdir()
     (folder / VERDICT_FILE).write_text("")
@@ -391,5 +394,5 @@ def test_a_tuning_folder_others_can_write_is_not_used(tmp_path, monkeypatch):
         with pytest.warns(build.TuningWarning, match="writable by other users"):
             assert folder not in log_folders(host_target())
         path.chmod(0o755 if path.is_dir() else 0o644)
-        tuning_log._distrusted.clear()
+        verdicts._distrusted.clear()
         assert folder in log_folders(host_target())

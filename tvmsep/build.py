@@ -20,7 +20,7 @@ from tvm.target import Target
 
 from .compute import prim_func
 from .spec import Workload
-from .tuning_log import USE_HAND, USE_TUNED, TuningWarning, log_folders, module_hash, plain_json, read_verdicts
+from .verdicts import USE_TUNED, TuningWarning, Verdict, log_folders, module_hash, plain_json, read_verdicts
 
 __all__ = ["TuningWarning", "workload_module", "tuned_trace", "hand_schedule", "scheduled_module", "compile_scheduled",
            "compile_module"]
@@ -58,25 +58,24 @@ def tuned_trace(wl: Workload, target: Target) -> Any | None:
     found = _verdict(wl, target)
     if found is None and (wl.bias or wl.activation):
         plain = _verdict(dataclasses.replace(wl, bias=False, activation=None), target)
-        if plain is not None and plain[0]["use"] == USE_TUNED:
-            return _fitting(wl, _with_epilogue(wl, plain[0]["trace"], target), plain[1])
-    if found is None or found[0]["use"] != USE_TUNED:
+        if plain is not None and plain[0].use == USE_TUNED:
+            return _fitting(wl, _with_epilogue(wl, plain[0].trace, target), plain[1])
+    if found is None or found[0].use != USE_TUNED:
         return None
-    return _fitting(wl, found[0]["trace"], found[1])
+    return _fitting(wl, found[0].trace, found[1])
 
 
-def _verdict(wl: Workload, target: Target) -> tuple[dict, Path] | None:
+def _verdict(wl: Workload, target: Target) -> tuple[Verdict, Path] | None:
     """The latest finished tuning job's usable verdict on `wl` for `target`, and its folder."""
-    shash = None
-    for folder in log_folders(target):
-        verdicts, described = _verdicts(folder)
-        if wl.describe() not in described:
-            continue  # the cheap test first: the hash needs the TE function built
-        shash = shash or module_hash(workload_module(wl))
-        verdict = verdicts.get(shash)
+    folders = [folder for folder in log_folders(target) if _verdicts(folder)]
+    if not folders:
+        return None  # no logs for this target: spare building the TE function to hash it
+    workload = module_hash(workload_module(wl))
+    for folder in folders:
+        verdict = _verdicts(folder).get(workload)
         if verdict is None:
             continue
-        if verdict.get("use") == USE_HAND or (verdict.get("use") == USE_TUNED and "trace" in verdict):
+        if verdict.names_a_schedule:
             return verdict, folder
         _pass_over(wl, folder, "its verdict names no schedule to use")
     return None
@@ -172,10 +171,9 @@ def _fuse_epilogue(sch: s_tir.Schedule, wl: Workload) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _verdicts(folder: Path) -> tuple[dict[str, dict], frozenset[str]]:
-    """A folder's verdicts by structural hash, and the workload descriptions they name."""
-    verdicts = read_verdicts(folder)
-    return verdicts, frozenset(v.get("describe") for v in verdicts.values())
+def _verdicts(folder: Path) -> dict[str, Verdict]:
+    """A folder's verdicts by structural hash, read once per process."""
+    return read_verdicts(folder)
 
 
 def hand_schedule(wl: Workload, target: Target, mod: tvm.IRModule | None = None) -> s_tir.Schedule:

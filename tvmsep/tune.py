@@ -43,8 +43,8 @@ from tvm.target import Target
 from .build import compile_scheduled, hand_schedule, scheduled_module, schedules_for, workload_module
 from .spec import Workload
 from .target import resolve_target
-from .tuning_log import (FAILED_SECONDS, USE_HAND, USE_TUNED, TuningLog, module_hash, plain_json, read_verdicts,
-                         record_seconds, target_folder_name)
+from .tuning_log import FAILED_SECONDS, TuningLog, record_seconds
+from .verdicts import USE_HAND, USE_TUNED, Verdict, module_hash, plain_json, read_verdicts, target_folder_name
 
 __all__ = ["TuneOutcome", "TuningError", "tune", "format_table", "build_candidate", "make_builder", "make_runner"]
 
@@ -170,8 +170,8 @@ def _finalists(log: TuningLog, workload, hand_key: str) -> list[Any]:
             trace = plain_json(record.trace.as_json(remove_postproc=False))
             finalists.setdefault(json.dumps(trace), trace)
     chosen = read_verdicts(log.folder).get(module_hash(workload.mod))
-    if chosen is not None and chosen["use"] == USE_TUNED:
-        finalists.setdefault(json.dumps(chosen["trace"]), chosen["trace"])
+    if chosen is not None and chosen.use == USE_TUNED and chosen.trace is not None:
+        finalists.setdefault(json.dumps(chosen.trace), chosen.trace)
     return list(finalists.values())
 
 
@@ -337,12 +337,10 @@ def tune(workloads: Sequence[Workload], *, target=None, trials: int = 64,
                               f"judged; no verdict written ({len(log.records(workload))} records logged). "
                               f"First error: {_gist(error)}")
         use = USE_TUNED if best is not None and tuned_s < hand_s else USE_HAND
-        log.commit_verdict({
-            "workload": module_hash(workload.mod), "describe": wl.describe(),
-            "use": use, "hand_ms": hand_s * 1e3, "tuned_ms": tuned_s * 1e3, "trials": len(log.records(workload)),
-            "trace": best,
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        })
+        log.commit_verdict(Verdict(
+            workload=module_hash(workload.mod), describe=wl.describe(), use=use, hand_ms=hand_s * 1e3,
+            tuned_ms=tuned_s * 1e3, trials=len(log.records(workload)), trace=best,
+            date=datetime.datetime.now().isoformat(timespec="seconds")))
         outcome = TuneOutcome(wl, hand_s * 1e3, (hand_s if best is None else tuned_s) * 1e3,
                               len(log.records(workload)), use)
         report(f"{label}: hand {outcome.hand_ms:.4f} ms, best {outcome.tuned_ms:.4f} ms side by side -> {use}")

@@ -12,7 +12,8 @@ from .target import resolve_target
 from .build import workload_module
 from tvm.s_tir.meta_schedule.database import Workload as TVMWorkload
 
-from .tuning_log import FAILED_SECONDS, TuningLog, module_hash, read_verdicts, record_seconds, target_folder_name
+from .tuning_log import FAILED_SECONDS, TuningLog, record_seconds
+from .verdicts import module_hash, read_verdicts, target_folder_name
 
 __all__ = ["plot_search"]
 
@@ -45,10 +46,10 @@ def plot_search(workloads: Sequence[Workload], log_dir: str | os.PathLike, path:
         ax.plot(range(1, len(curve) + 1), curve, label="best so far, as logged")
         verdict = verdicts.get(module_hash(mod))
         if verdict is not None:
-            ax.axhline(verdict["hand_ms"], linestyle="--", color="gray", label="hand-written, side by side")
-            if verdict["tuned_ms"] * 1e-3 < FAILED_SECONDS:
-                ax.axhline(verdict["tuned_ms"], linestyle=":", color="green", label=f"best, side by side "
-                           f"({verdict['use']} used)")
+            ax.axhline(verdict.hand_ms, linestyle="--", color="gray", label="hand-written, side by side")
+            if verdict.tuned_ms * 1e-3 < FAILED_SECONDS:
+                ax.axhline(verdict.tuned_ms, linestyle=":", color="green", label=f"best, side by side "
+                           f"({verdict.use} used)")
         ax.set_title(wl.describe(), fontsize=7)
         ax.set_xlabel("trials")
         ax.set_ylabel("ms")

@@ -29,9 +29,8 @@ from tvmsep.spec import Workload
 
 from .common import accumulator, has_block, loop_depth, store_once
 
-__all__ = ["VERSION", "schedule", "design_spaces", "MAX_SHARED_BYTES", "MAX_THREADS"]
+__all__ = ["schedule", "design_spaces", "MAX_SHARED_BYTES", "MAX_THREADS"]
 
-VERSION = 1
 
 # Static shared memory per block without opting in to more, and the
 # threads-per-block limit, on every architecture CUDA 12+ targets.

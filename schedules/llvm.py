@@ -21,9 +21,9 @@ A second NHWC depthwise structure, for tuning, walks R output rows along the
 width together (`for (b, io) in parallel(N * OH / R): for jo: for ii in R:
 for co: ...`, the same register tile inside), so the input rows under a
 block of pixels are fetched into L1 once for R output rows, not once for
-each. On the MobileNet layers here it measured 1.04-1.44x faster than the
-hand-written structure; it is a design space, so a tuning job keeps it only
-where it measures faster on the machine at hand.
+each. Whether that pays depends on the L1 and the shape, so it is a design
+space: a tuning job keeps it only where it measures faster on the machine at
+hand (benchmarks/results/tuning-*.md).
 
 Depthwise, NCHW (width is contiguous): the same nest with rows of the output
 blocked in registers and the width as the vector axis, parallel over (b, c).
@@ -54,11 +54,10 @@ into one chunk per core, outside the panel loop:
 
 so each core reads only the part of the intermediate its own depthwise stage
 wrote (TVM splits the depthwise's parallel rows the same way across the pool).
-With the panel loop outermost over all rows, every core read rows the other
-core had just written, moving them between the cores' caches on every call,
-and a whole separable call took up to twice as long in some processes than in
-others (MobileNetV2 56x56x144 -> 24: 0.15 or 0.29 ms; chunked, 0.14-0.15 ms
-in the same runs). When the rows do not split evenly but the GEMM's row tiles do
+With the panel loop outermost over all rows, every core reads rows the other
+core has just written, moving them between the cores' caches on every call,
+and the call's time then depends on how the pool's threads happen to be
+placed. When the rows do not split evenly but the GEMM's row tiles do
 (Xception's 19 rows of two tiles), the tiles are cut the same way; a chunk with a
 tail would put a bounds test in the GEMM's inner loop (`_pointwise_chunks`).
 
@@ -101,11 +100,7 @@ from tvmsep.spec import Workload
 
 from .common import accumulator, explicit_store, has_block, loop_depth, store_once
 
-__all__ = ["VERSION", "schedule", "design_spaces", "vector_lanes"]
-
-# Bump when a change here should invalidate compiled modules in user caches
-# (the cache key also hashes this file's source).
-VERSION = 4
+__all__ = ["schedule", "design_spaces", "vector_lanes"]
 
 # Output pixels per register block in depthwise: WB accumulators plus an
 # input and a filter vector stay well inside 16 (AVX2) or 32 (AVX-512) registers.
@@ -236,9 +231,8 @@ def _schedule_chunked(sch: s_tir.Schedule, wl: Workload, target: Target, rows: i
 def _chunk_rows(wl: Workload, target: Target, lanes: int) -> int:
     """Output rows per chunk when the hand-written NHWC separable computes its
     depthwise chunk by chunk (`INTERMEDIATE_CORE_BYTES`), else 0. Chunks stay
-    inside one image (a divisor of the height) and split evenly over the cores.
-    MobileNet's 56x56x128 at batch 8 took 2.4 ms as two whole stages, 2.1-2.3 ms
-    in chunks of 4 to 28 rows; batch 8 of 56x56x144 -> 24, 1.67 and 1.22-1.34 ms."""
+    inside one image (a divisor of the height) and split evenly over the cores;
+    the largest that fits `CHUNK_BYTES`, as fewer chunks re-read the weights less."""
     if wl.op != "separable" or wl.layout != "NHWC" or not _parallel(wl, target):
         return 0
     row_bytes = wl.out_width * wl.mid_channels * tvm.DataType(wl.dtype).bits // 8
@@ -269,9 +263,7 @@ def _pointwise_chunks(wl: Workload, target: Target, tiles_per_row: int) -> tuple
     rows per core when the rows split evenly over the cores; else one chunk of
     row tiles per core when those do; else (1, False), the panel-outer nest, which
     reads the whole intermediate once per panel. A chunk with a tail would put a
-    bounds test in the GEMM's inner loop: it doubled Xception 19x19x728's time.
-    Xception's 19 rows of two tiles, chunked by tile: 1.01 -> 0.97 ms (median of six
-    processes timing both)."""
+    bounds test in the GEMM's inner loop, which costs more than uneven work."""
     cores, rows = _cores(target), wl.batch * wl.out_height
     if rows % cores == 0:
         return cores, False
@@ -394,14 +386,12 @@ def _gemm_padding(wl: Workload, lanes: int) -> tuple[int, int]:
     channels are padded to multiples of these. A width with no good divisor for
     the GEMM's rows, or channels that leave the vectors narrower than the
     registers, would otherwise put a bounds test in the GEMM's inner loop or
-    narrow its vectors: Xception's 19x19x728 ran at 2.6 ms that way and 1.04 ms
-    padded to 20x736. Channels are padded to whole pairs of registers while the waste
+    narrow its vectors, either of which costs more than the padded work. Channels are padded to whole pairs of registers while the waste
     stays within an eighth, else to whole registers when that takes fewer vector FMAs
     than the narrower vectors that divide them (24 channels: two FMAs over 32 lanes,
     not three over 8; 11: one, not eleven scalar ones).
-    A width under 4 is padded to 4: the wasted rows keep more accumulators in flight,
-    and blocks of the width itself measured no faster (3x3x256: 0.006 ms either way;
-    1x1x1024 -> 1024 in rows of 2: 0.062 ms, padded to 4: 0.058 ms)."""
+    A width under 4 is padded to 4: the wasted rows keep more accumulators in flight
+    to hide the FMA latency, where blocks of the width itself would leave it exposed."""
     rows = _block(wl.out_width, GEMM_ROWS)
     if wl.out_width % rows:
         rows = _padded_block(wl.out_width, GEMM_ROWS)
@@ -457,8 +447,8 @@ def _by_input_channel(sch: s_tir.Schedule, block, multiplier: int) -> None:
     channel k, so vectors run over k, with q outside them. The accumulator and a
     copy of the filter are laid out [q, k] to make those vectors contiguous; the
     store interleaves them back in registers. Vectors over output channels
-    instead loaded each input element M times, lane by lane: MobileNet's
-    56x56x64 at multiplier 2 took 0.69 ms that way, 0.028 ms this way."""
+    would gather each input element M times, lane by lane, which costs an order
+    of magnitude more than the FMAs."""
     m = multiplier
     sch.transform_layout(block, ("write", 0), lambda b, i, j, c: (b, i, j, c % m, c // m))
     read = next(n for n, region in enumerate(sch.get(block).reads) if region.source.name == "filter")

@@ -179,10 +179,6 @@ class ModuleCache:
                       CacheWarning, stacklevel=5)
         return None
 
-    def clear_memory(self) -> None:
-        with self._lock:
-            self._memory.clear()
-
     def disk_entries(self) -> list[Path]:
         """The compiled libraries this cache wrote (see `_written_by_cache`)."""
         directory = self.directory

@@ -157,8 +157,10 @@ class Workload:
         return f"{op} {self.layout} {shape} k{kernel} s{stride}{extra} {self.dtype} -> {out}"
 
     def to_json(self) -> dict[str, Any]:
-        """The fields; the epilogue's only when set, so a workload without one has the
-        same JSON (cache keys, bundle manifests) as before the epilogue existed."""
+        """The fields; the epilogue's only when set. Bundles name each kernel's function
+        by a hash of this JSON (`bundle.function_name_for`), so a workload without an
+        epilogue must keep the JSON it had before the epilogue existed: with the
+        default fields written out, every bundle compiled so far would be refused."""
         fields = dataclasses.asdict(self)
         for name in _EPILOGUE_FIELDS:
             if fields[name] == _EPILOGUE_FIELDS[name]:

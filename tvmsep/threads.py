@@ -11,10 +11,9 @@ TVM also pins each worker but the calling thread to a core of its own, while
 the calling thread floats. When another library's threads push the caller onto
 a worker's core (torch's OpenMP pool still spinning on the other), both halves
 of every parallel kernel run on that one core until the scheduler moves the
-caller back: MobileNet's rate-2 28x28x384 depthwise took 0.074 ms instead of
-0.038 ms in 2 of 6 processes that called torch between its calls, and 0.037 to
-0.040 ms in all 6 with the workers unpinned. So `import tvmsep` also sets
-TVM_BIND_THREADS=0 unless the user set it. The pool reads both when it first starts.
+caller back, which doubles a kernel's time for as long as that lasts; unpinned
+workers are spread over the cores again by the scheduler. So `import tvmsep`
+also sets TVM_BIND_THREADS=0 unless the user set it. The pool reads both when it first starts.
 
 A forked child inherits the pool's state but not its worker threads, so its
 first parallel kernel waits forever for workers that do not exist (os.fork, a

@@ -79,7 +79,7 @@ def build_candidate(mod: tvm.IRModule, target: Target, _params) -> tvm.runtime.M
     """Meta-schedule builder function: tvmsep's own compile path.
 
     TVM's default one imports `tvm.s_tir.tensor_intrin` in every fresh build
-    worker, which takes ~30 s here and times builds out."""
+    worker, which takes tens of seconds and times builds out."""
     return compile_scheduled(mod, target).mod
 
 

@@ -129,9 +129,8 @@ def test_compiling_uses_the_verdict(tuned_log, monkeypatch, rng):
     log.commit_verdict(dataclasses.replace(verdict, use="tuned", trace=trace, describe="reworded"))
     build._verdicts.cache_clear()
     assert _quiet_tuned_trace(wl) == trace
-    key_tuned = cache_key(wl, host_target(), build.schedules_for(host_target()),
-                              build.tuned_trace(wl, host_target()))
-    assert key_tuned != cache_key(wl, host_target(), build.schedules_for(host_target()))
+    key_tuned = cache_key(wl, host_target(), build.tuned_trace(wl, host_target()))
+    assert key_tuned != cache_key(wl, host_target())
     ops._kernels.clear()
     ops._call.clear()
     x = rng.standard_normal(wl.input_shape, dtype=np.float32)

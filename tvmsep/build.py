@@ -8,8 +8,13 @@ named `main` and takes the inputs in call order, then the output.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
+import hashlib
+import inspect
+import json
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,7 +28,7 @@ from .spec import Workload
 from .verdicts import USE_TUNED, TuningWarning, Verdict, log_folders, module_hash, plain_json, read_verdicts
 
 __all__ = ["TuningWarning", "workload_module", "tuned_trace", "hand_schedule", "scheduled_module", "compile_scheduled",
-           "compile_module"]
+           "compile_module", "code_fingerprint"]
 
 
 def schedules_for(target: Target):
@@ -208,3 +213,39 @@ def compile_scheduled(mod: tvm.IRModule, target: Target) -> tvm.runtime.Module:
 def compile_module(wl: Workload, target: Target, trace: Any | None = None) -> tvm.runtime.Module:
     """Compile `wl` for `target`; the result can be exported with `export_library`."""
     return compile_scheduled(scheduled_module(wl, target, trace), target)
+
+
+def code_fingerprint(target: Target) -> str:
+    """A digest of the code that turns a workload and a trace into a kernel for `target`:
+    the output sizes and TE definitions (spec, compute), the target's hand-written
+    schedules, and this module's compile path with its pass configuration. Cache keys
+    hold it, with the trace, so compiled kernels are reused exactly while that code is
+    unchanged. Read as syntax trees without docstrings: rewording a docstring or a
+    comment keeps every user's cache."""
+    return _fingerprint(schedules_for(target))
+
+
+@functools.lru_cache(maxsize=None)
+def _fingerprint(schedules: Any) -> str:
+    from tvmsep.schedules import common
+
+    from . import compute, spec
+    digest = hashlib.sha256()
+    for module in (spec, compute, common, schedules):
+        digest.update(code_syntax(inspect.getsource(module)))
+    for function in (workload_module, hand_schedule, scheduled_module, compile_scheduled):
+        digest.update(code_syntax(textwrap.dedent(inspect.getsource(function))))
+    digest.update(json.dumps(PASS_CONFIG, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def code_syntax(source: str) -> bytes:
+    """Python source as its syntax tree without docstrings: what running it depends on."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import inspect
 import json
 import os
 import re
@@ -33,9 +32,7 @@ from typing import Any, Callable, Iterator
 
 import tvm
 
-from tvmsep.schedules import common as schedule_common
-
-from . import build as build_steps, compute
+from . import build as build_steps
 from .files import file_sha256, publish
 from .spec import Workload
 from .version import __version__
@@ -56,21 +53,14 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "tvmsep"
 
 
-def _source_digest(*modules) -> str:
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update(inspect.getsource(module).encode())
-    return digest.hexdigest()
-
-
-def cache_key(wl: Workload, target: tvm.target.Target, schedule_module, trace: Any = None) -> str:
-    """Hash of workload, target, TE + schedule + build source (or the tuned trace),
-    TVM version and cache format."""
+def cache_key(wl: Workload, target: tvm.target.Target, trace: Any = None) -> str:
+    """Hash of workload, target, the code that generates the kernel (`build.code_fingerprint`),
+    the tuned trace if any, TVM and tvmsep versions and the cache format."""
     payload = {
         "format": FORMAT_VERSION,
         "workload": wl.to_json(),
         "target": str(target),
-        "code": _source_digest(compute, build_steps, schedule_common, schedule_module),
+        "code": build_steps.code_fingerprint(target),
         "trace": trace,
         "tvm": tvm.__version__,
         "tvmsep": __version__,

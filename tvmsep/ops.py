@@ -35,9 +35,8 @@ def get_kernel(wl: Workload, target: Any = None) -> runtime.Kernel:
     kernel = _kernels.get(index)
     if kernel is not None:
         return kernel
-    schedules = build.schedules_for(target)
     trace = build.tuned_trace(wl, target)
-    key = cache_key(wl, target, schedules, trace)
+    key = cache_key(wl, target, trace)
     module, origin = module_cache.get(key, lambda: build.compile_module(wl, target, trace))
     device = tvm.cuda(0) if target.kind.name == "cuda" else tvm.cpu()
     kernel = runtime.Kernel(wl, module["main"], origin, device)

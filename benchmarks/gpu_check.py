@@ -127,7 +127,7 @@ def check(args: argparse.Namespace) -> int:
     except BundleError as e:
         print(f"FAIL: bundle refused: {e}")
         return 1
-    on_gpu = matrix_bundle.manifest["target_kind"] == "cuda"
+    on_gpu = matrix_bundle.manifest.target_kind == "cuda"
     device = torch.device("cuda" if on_gpu else "cpu")
     compiler = any("libtvm_compiler" in line for line in open("/proc/self/maps"))
     name = torch.cuda.get_device_name() if on_gpu else "CPU"

@@ -214,7 +214,7 @@ def test_a_bundle_for_a_cpu_with_other_instructions_is_refused(tmp_path):
     layer = network("mobilenet_v1")[2]
     manifest = compile_bundle([(layer.name, layer.workload())], {"kind": "llvm", "mcpu": "sapphirerapids"},
                               tmp_path / "spr", progress=lambda line: None)
-    assert "avx512_fp16" in manifest["cpu_flags"]
+    assert "avx512_fp16" in manifest.cpu_flags
     with pytest.raises(BundleError, match="sapphirerapids.*lacks.*avx512_fp16"):
         tvmsep.load(tmp_path / "spr")
 

@@ -15,6 +15,7 @@ with a reason, never a crash or a silent wrong result.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -30,7 +31,8 @@ from .dispatch import Dispatcher
 from .spec import Workload, split_bias
 from .version import __version__
 
-__all__ = ["FORMAT", "MANIFEST", "LIBRARY", "BundleError", "Bundle", "load", "function_name_for"]
+__all__ = ["FORMAT", "MANIFEST", "LIBRARY", "BundleError", "Bundle", "Manifest", "KernelEntry", "load",
+           "function_name_for"]
 
 # Bump when the manifest's meaning changes; older readers refuse newer bundles.
 # 2: a workload may carry an epilogue (bias, activation).
@@ -53,22 +55,87 @@ def function_name_for(wl: Workload) -> str:
     return f"tvmsep_{digest[:32]}"
 
 
+@dataclasses.dataclass(frozen=True)
+class KernelEntry:
+    """One layer of a bundle: its name, the library function that computes it, its workload,
+    and whether that function runs the tuned or the hand-written schedule."""
+
+    name: str
+    function: str
+    workload: Workload
+    schedule: str | None = None  # "tuned" or "hand-written"; for people, never read to load
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "function": self.function, "workload": self.workload.to_json(),
+                "schedule": self.schedule}
+
+    @classmethod
+    def from_json(cls, row: Any, path: Path, what: str) -> KernelEntry:
+        _check_fields(path, what, row, _KERNEL_FIELDS)
+        try:
+            workload = Workload.from_json(row["workload"])
+        except Exception as e:  # a workload that does not parse
+            raise BundleError(f"{path}: kernel {row['name']!r} has a workload that does not parse "
+                              f"({type(e).__name__}: {e})") from e
+        return cls(row["name"], row["function"], workload, row.get("schedule"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """What a bundle holds and what it needs, as `manifest.json` says.
+
+    `cpu_flags` (llvm) lists the instruction sets the code may use, under the names
+    Linux's /proc/cpuinfo gives them; `arch` (cuda) names the GPU architecture. The
+    loader checks both against this machine before it loads the library."""
+
+    format: int
+    tvm: str
+    target: str
+    target_kind: str
+    sha256: str
+    kernels: tuple[KernelEntry, ...]
+    tvmsep: str | None = None
+    library: str = LIBRARY
+    arch: str | None = None
+    mcpu: str | None = None
+    cpu_flags: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        optional = {"arch": self.arch, "mcpu": self.mcpu,
+                    "cpu_flags": None if self.cpu_flags is None else list(self.cpu_flags)}
+        return {"format": self.format, "tvmsep": self.tvmsep, "tvm": self.tvm, "target": self.target,
+                "target_kind": self.target_kind, **{k: v for k, v in optional.items() if v is not None},
+                "library": self.library, "sha256": self.sha256, "kernels": [k.to_json() for k in self.kernels]}
+
+    @classmethod
+    def from_json(cls, row: Any, path: Path) -> Manifest:
+        """The manifest in `row`, or a BundleError naming the first field that is missing or
+        of another type."""
+        _check_fields(path, MANIFEST, row, MANIFEST_FIELDS)
+        kernels = tuple(KernelEntry.from_json(entry, path, f"kernel entry {i}")
+                        for i, entry in enumerate(row["kernels"]))
+        flags = row.get("cpu_flags")
+        return cls(format=row["format"], tvm=row["tvm"], target=row["target"], target_kind=row["target_kind"],
+                   sha256=row["sha256"], kernels=kernels, tvmsep=row.get("tvmsep"),
+                   library=row.get("library", LIBRARY), arch=row.get("arch"), mcpu=row.get("mcpu"),
+                   cpu_flags=None if flags is None else tuple(flags))
+
+
 class Bundle:
     """The kernels of a loaded bundle: `depthwise_conv2d` / `separable_conv2d` as the public ops
     (matched to a kernel by their arguments), or `run(layer_name, *arrays)`."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], module: Any, device: Any) -> None:
+    def __init__(self, path: Path, manifest: Manifest, module: Any, device: Any) -> None:
         self.path = path
         self.manifest = manifest
-        self.target = manifest["target"]
+        self.target = manifest.target
         self.module = module  # the loaded library: one function per distinct workload
         self.kernels: dict[str, runtime.Kernel] = {}  # layer name -> kernel
         self._by_workload: dict[Workload, runtime.Kernel] = {}
-        for entry in manifest["kernels"]:
-            wl = Workload.from_json(entry["workload"])
-            kernel = runtime.Kernel(wl, module[entry["function"]], "bundle", device)
-            self.kernels[entry["name"]] = kernel
-            self._by_workload.setdefault(wl, kernel)
+        for entry in manifest.kernels:
+            kernel = runtime.Kernel(entry.workload, module[entry.function], "bundle", device)
+            self.kernels[entry.name] = kernel
+            self._by_workload.setdefault(entry.workload, kernel)
         self._call = Dispatcher(self._kernel_for, lambda target: None)
 
     def __repr__(self) -> str:
@@ -98,7 +165,7 @@ class Bundle:
     def function_name(self, name: str) -> str:
         """The library function that computes layer `name` (for `module.time_evaluator`)."""
         self.kernel(name)  # a clear error for an unknown name
-        return next(e["function"] for e in self.manifest["kernels"] if e["name"] == name)
+        return next(e.function for e in self.manifest.kernels if e.name == name)
 
     def _kernel_for(self, wl: Workload, target: Any) -> runtime.Kernel:
         kernel = self._by_workload.get(wl)
@@ -135,24 +202,19 @@ def load(path: str | Path) -> Bundle:
         data = library.read_bytes()
     except OSError as e:
         raise BundleError(f"{path}: cannot read {LIBRARY}: {e}") from e
-    if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+    if hashlib.sha256(data).hexdigest() != manifest.sha256:
         raise BundleError(f"{library} does not match its manifest's checksum: it is truncated, "
                           "damaged or was changed after compiling; compile the bundle again")
-    for entry in manifest["kernels"]:
-        try:
-            expected = function_name_for(Workload.from_json(entry["workload"]))
-        except Exception as e:  # a workload that does not parse
-            raise BundleError(f"{path}: kernel {entry['name']!r} has a workload that does not parse "
-                              f"({type(e).__name__}: {e})") from e
-        if entry["function"] != expected:
-            raise BundleError(f"{path}: kernel {entry['name']!r} names function {entry['function']!r}, not the "
+    for entry in manifest.kernels:
+        if entry.function != function_name_for(entry.workload):
+            raise BundleError(f"{path}: kernel {entry.name!r} names function {entry.function!r}, not the "
                               f"one its workload compiles to; the manifest was edited: compile the bundle again")
     module = _load_exactly(data)
     try:
         return Bundle(path, manifest, module, device)
     except BundleError:
         raise
-    except Exception as e:  # a function the library lacks, a workload that does not parse
+    except Exception as e:  # a function the library lacks
         raise BundleError(f"{path}: its manifest does not match its library: {type(e).__name__}: {e}") from e
 
 
@@ -174,7 +236,7 @@ def _load_exactly(data: bytes) -> Any:
         return tvm.runtime.load_module(copy)  # stays mapped once the file is gone
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def _read_manifest(path: Path) -> Manifest:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
@@ -192,10 +254,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if manifest.get("tvm") != tvm.__version__:
         raise BundleError(f"{path} was compiled with TVM {manifest.get('tvm')}; this process has TVM "
                           f"{tvm.__version__}, whose runtime ABI may differ: compile the bundle with it")
-    _check_fields(path, MANIFEST, manifest, MANIFEST_FIELDS)
-    for i, entry in enumerate(manifest["kernels"]):
-        _check_fields(path, f"kernel entry {i}", entry, _KERNEL_FIELDS)
-    return manifest
+    return Manifest.from_json(manifest, path)
 
 
 def _check_fields(path: Path, what: str, value: Any, fields: dict[str, type]) -> None:
@@ -207,23 +266,23 @@ def _check_fields(path: Path, what: str, value: Any, fields: dict[str, type]) ->
                               "compile the bundle again")
 
 
-def _device_for(manifest: dict[str, Any]) -> Any:
+def _device_for(manifest: Manifest) -> Any:
     """The device the bundle's kernels run on here, or why there is none."""
-    kind = manifest.get("target_kind")
+    kind = manifest.target_kind
     if kind == "llvm":
         host = _host_cpu_flags()
-        missing = sorted(set(manifest.get("cpu_flags", [])) - host) if host is not None else []
+        missing = sorted(set(manifest.cpu_flags or ()) - host) if host is not None else []
         if missing:
-            raise BundleError(f"the bundle is for {manifest.get('mcpu', 'another CPU')}, whose instructions this "
+            raise BundleError(f"the bundle is for {manifest.mcpu or 'another CPU'}, whose instructions this "
                               f"CPU lacks ({', '.join(missing)}); compile it for this CPU (--target llvm)")
         return tvm.cpu()
     if kind == "cuda":
         device = tvm.cuda(0)
         if not device.exist:
-            raise BundleError(f"the bundle is for a CUDA GPU ({manifest.get('arch')}) and this machine has none")
+            raise BundleError(f"the bundle is for a CUDA GPU ({manifest.arch}) and this machine has none")
         arch = "sm_" + device.compute_version.replace(".", "")
-        if arch != manifest.get("arch"):
-            raise BundleError(f"the bundle is for {manifest.get('arch')}; this machine's GPU is {arch}")
+        if arch != manifest.arch:
+            raise BundleError(f"the bundle is for {manifest.arch}; this machine's GPU is {arch}")
         return device
     raise BundleError(f"the bundle's target kind {kind!r} is not one tvmsep runs (llvm, cuda)")
 

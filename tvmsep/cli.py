@@ -154,7 +154,6 @@ def _compile(args: argparse.Namespace) -> int:
     """Compile layers into one bundle, showing progress, and print what went in."""
     from .export import compile_bundle, layers_from_file, parse_target
     from .networks import network
-    from .spec import Workload
     try:
         if (args.network is None) == (args.layers is None):
             raise ValueError("give one of --network or --layers")
@@ -169,10 +168,9 @@ def _compile(args: argparse.Namespace) -> int:
         return 2
     print()
     print(f"{'layer':12} {'function':39} {'schedule':12} workload")
-    for entry in manifest["kernels"]:
-        print(f"{entry['name']:12} {entry['function']:39} {entry['schedule']:12} "
-              f"{Workload.from_json(entry['workload']).describe()}")
-    print(f"\ntarget {manifest['target']}; load it with tvmsep.load({str(args.out)!r})")
+    for entry in manifest.kernels:
+        print(f"{entry.name:12} {entry.function:39} {entry.schedule:12} {entry.workload.describe()}")
+    print(f"\ntarget {manifest.target}; load it with tvmsep.load({str(args.out)!r})")
     return 0
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import tvm
 
 from . import build
-from .bundle import FORMAT, LIBRARY, MANIFEST, MANIFEST_FIELDS, function_name_for
+from .bundle import FORMAT, LIBRARY, MANIFEST, KernelEntry, Manifest, function_name_for
 from .files import file_sha256
 from .spec import Workload, depthwise_workload, separable_workload
 from .target import resolve_target
@@ -29,7 +29,7 @@ __all__ = ["compile_bundle", "layers_from_file", "parse_target"]
 
 
 def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: str | Path,
-                   progress: Callable[[str], None] = print) -> dict[str, Any]:
+                   progress: Callable[[str], None] = print) -> Manifest:
     """Write the bundle for `layers` ((name, workload) pairs) to the folder `path`; returns its manifest."""
     target = resolve_target(target)
     path = Path(path)
@@ -50,7 +50,7 @@ def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: st
             func = build.scheduled_module(wl, target, trace)["main"]
             scheduled[function] = func.with_attr("global_symbol", function)
         function, schedule = functions[wl]
-        entries.append({"name": name, "function": function, "workload": wl.to_json(), "schedule": schedule})
+        entries.append(KernelEntry(name, function, wl, schedule))
         progress(f"[{i}/{len(layers)}] scheduled {name}: {wl.describe()} ({schedule})")
     progress(f"compiling {len(scheduled)} kernels for {target.kind.name} in one library ...")
     executable = build.compile_scheduled(tvm.IRModule(scheduled), target)
@@ -62,20 +62,14 @@ def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: st
         raise ValueError(f"cannot write the bundle {path}: {e}") from e
     try:
         executable.export_library(str(staging / LIBRARY))
-        manifest = {
-            "format": FORMAT,
-            "tvmsep": __version__,
-            "tvm": tvm.__version__,
-            "target": str(target),
-            "target_kind": target.kind.name,
-            **({"arch": str(target.attrs["arch"])} if target.kind.name == "cuda" else {}),
-            **({"mcpu": str(target.attrs["mcpu"])} if "mcpu" in target.attrs else {}),
-            **({"cpu_flags": _cpu_flags(target)} if target.kind.name == "llvm" else {}),
-            "library": LIBRARY,
-            "sha256": file_sha256(staging / LIBRARY),
-            "kernels": entries,
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        manifest = Manifest(
+            format=FORMAT, tvmsep=__version__, tvm=tvm.__version__, target=str(target),
+            target_kind=target.kind.name,
+            arch=str(target.attrs["arch"]) if target.kind.name == "cuda" else None,
+            mcpu=str(target.attrs["mcpu"]) if "mcpu" in target.attrs else None,
+            cpu_flags=tuple(_cpu_flags(target)) if target.kind.name == "llvm" else None,
+            library=LIBRARY, sha256=file_sha256(staging / LIBRARY), kernels=tuple(entries))
+        (staging / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1) + "\n")
         _replace(path, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -115,11 +109,10 @@ def _is_manifest(path: Path) -> bool:
     if path.is_symlink() or not path.is_file():
         return False
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
+        manifest = Manifest.from_json(json.loads(path.read_text()), path.parent)
+    except (OSError, ValueError, RecursionError):  # BundleError is a ValueError
         return False
-    return isinstance(manifest, dict) and isinstance(manifest.get("tvmsep"), str) and \
-        all(isinstance(manifest.get(field), kind) for field, kind in MANIFEST_FIELDS.items())
+    return manifest.tvmsep is not None
 
 
 def _replace(path: Path, staging: Path) -> None:

@@ -51,7 +51,6 @@ import numpy as np
 
 BATCHES = (1, 32)
 DTYPES = ("float32", "float16")
-LAYOUTS = ("NHWC", "NCHW")
 # Not needed to run compiled modules; kept off the GPU machine to stay small.
 _RUNTIME_SKIP = ("libtvm_compiler.so", "3rdparty", "src", "include", "__pycache__")
 
@@ -74,6 +73,7 @@ def prepare(args: argparse.Namespace) -> int:
 def public_layers(batches: tuple[int, ...] = BATCHES, only: str | None = None) -> list[tuple[str, Any]]:
     """The public list's depthwise layers in every batch, dtype and layout; each workload once."""
     from tvmsep.networks import network
+    from tvmsep.spec import LAYOUTS
 
     layers, seen = [], set()
     for layer in network("public"):

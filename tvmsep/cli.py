@@ -101,7 +101,7 @@ def _tune_workloads(args: argparse.Namespace) -> list:
 
 def _tune_layers(args: argparse.Namespace) -> list:
     from .networks import network
-    from .spec import depthwise_workload, separable_workload
+    from .spec import LAYOUTS, depthwise_workload, separable_workload
     ops = ("depthwise", "separable") if args.op == "both" else (args.op,)
     if args.network:
         return [layer.workload(op) for op in ops for layer in network(args.network)]
@@ -111,9 +111,8 @@ def _tune_layers(args: argparse.Namespace) -> list:
     if isinstance(padding, list):
         if len(padding) != 4:
             raise SystemExit(f"tvmsep tune: explicit --padding needs 4 integers, got {padding}")
-        pairs = [[padding[0], padding[1]], [padding[2], padding[3]]]
-        padding = [[0, 0], *pairs, [0, 0]] if args.layout == "NHWC" else [[0, 0], [0, 0], *pairs]
-    strides = [1, args.stride, args.stride, 1] if args.layout == "NHWC" else [1, 1, args.stride, args.stride]
+        padding = LAYOUTS[args.layout].padding(padding[:2], padding[2:])
+    strides = LAYOUTS[args.layout].strides(args.stride, args.stride)
     common = dict(strides=strides, padding=padding, rate=[args.rate, args.rate], data_format=args.layout)
     workloads = []
     for op in ops:
@@ -176,6 +175,7 @@ def _compile(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from .networks import NETWORKS
+    from .spec import LAYOUTS
     parser = argparse.ArgumentParser(prog="tvmsep", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -196,7 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--stride", type=int, default=1)
     what.add_argument("--padding", type=_padding, default="SAME", help="SAME, VALID or TOP,BOTTOM,LEFT,RIGHT")
     what.add_argument("--rate", type=int, default=1, help="dilation rate")
-    what.add_argument("--layout", default="NHWC", choices=["NHWC", "NCHW"])
+    what.add_argument("--layout", default="NHWC", choices=list(LAYOUTS))
     what.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
     what.add_argument("--bias", action="store_true", help="with the epilogue's per-output-channel bias")
     what.add_argument("--activation", choices=["relu", "relu6"], help="with the epilogue's activation")

@@ -27,6 +27,7 @@ rounding of their own.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import tvm
 from tvm import te, tirx
@@ -49,7 +50,7 @@ def _inside(wl: Workload, h, w):
 
 def _pad(x: te.Tensor, wl: Workload) -> te.Tensor:
     """Zero padding."""
-    h_axis, w_axis = (1, 2) if wl.layout == "NHWC" else (2, 3)
+    h_axis, w_axis = wl.axes.height, wl.axes.width
     zero = tirx.const(0, wl.dtype)
     shape = list(x.shape)
     shape[h_axis] = wl.in_height + wl.pad_top + wl.pad_bottom
@@ -72,7 +73,7 @@ def _store(acc: te.Tensor, wl: Workload, bias: te.Tensor | None, last: bool) -> 
         if acc.dtype == wl.dtype:
             return acc
         return te.compute(acc.shape, lambda *idx: acc[idx].astype(wl.dtype), name=name + "_cast")
-    channel_axis = 3 if wl.layout == "NHWC" else 1
+    channel_axis = wl.axes.channels
 
     def body(*idx):
         value = acc[idx]
@@ -89,6 +90,13 @@ def _store(acc: te.Tensor, wl: Workload, bias: te.Tensor | None, last: bool) -> 
     return te.compute(acc.shape, body, name=name + "_epilogue")
 
 
+def _activation(wl: Workload, shape: tuple[int, ...], element: Any, name: str, channel: str = "c") -> te.Tensor:
+    """A 4-D activation of `shape` in `wl`'s layout, `element(b, i, j, c)` giving each value;
+    its axes are named b, i, j and `channel` in the layout's order."""
+    return te.compute(shape, lambda *idx: element(*wl.axes.split(idx)), name=name,
+                      varargs_names=list(wl.axes.arrange("b", "i", "j", channel)))
+
+
 def depthwise_compute(x: te.Tensor, f: te.Tensor, wl: Workload, bias: te.Tensor | None = None) -> te.Tensor:
     """out[b, i, j, k*M+q] = sum_{di,dj} f[di,dj,k,q] * x[b, s*i + r*di - pad, s*j + r*dj - pad, k],
     over the taps that lie on the input: as in TF, a tap over the padding adds nothing, even
@@ -103,33 +111,26 @@ def depthwise_compute(x: te.Tensor, f: te.Tensor, wl: Workload, bias: te.Tensor 
     def tap(b, c, i, j):
         row = i * wl.stride_h + di * wl.dilation_h
         col = j * wl.stride_w + dj * wl.dilation_w
-        pixel = padded[b, row, col, c // m] if wl.layout == "NHWC" else padded[b, c // m, row, col]
+        pixel = padded[wl.axes.arrange(b, row, col, c // m)]
         product = pixel.astype(acc) * f[di, dj, c // m, c % m].astype(acc)
         # A select, not if_then_else: a condition that differs between vector lanes (NCHW's
         # width) would make TVM's vectorizer give up on an if_then_else. -0.0, the exact identity
         # of addition, lets LLVM turn `acc + select(inside, product, -0.0)` into a masked FMA.
         return tirx.Select(_inside(wl, row, col), product, tirx.const(-0.0, acc)) if pads else product
 
-    shape = (wl.batch, wl.out_height, wl.out_width, wl.mid_channels) if wl.layout == "NHWC" else \
-        (wl.batch, wl.mid_channels, wl.out_height, wl.out_width)
-    if wl.layout == "NHWC":
-        body = lambda b, i, j, c: te.sum(tap(b, c, i, j), axis=[di, dj])  # noqa: E731
-    else:
-        body = lambda b, c, i, j: te.sum(tap(b, c, i, j), axis=[di, dj])  # noqa: E731
-    return _store(te.compute(shape, body, name="depthwise"), wl, bias, last=wl.op == "depthwise")
+    out = _activation(wl, wl.mid_shape, lambda b, i, j, c: te.sum(tap(b, c, i, j), axis=[di, dj]), "depthwise")
+    return _store(out, wl, bias, last=wl.op == "depthwise")
 
 
 def _pointwise(mid: te.Tensor, p: te.Tensor, wl: Workload, bias: te.Tensor | None) -> te.Tensor:
     """out[b, i, j, o] = sum_c mid[b, i, j, c] * p[0, 0, c, o]."""
     acc = accumulation_dtype(wl.dtype)
     c = te.reduce_axis((0, wl.mid_channels), name="c")
-    if wl.layout == "NHWC":
-        shape = (wl.batch, wl.out_height, wl.out_width, wl.out_channels)
-        body = lambda b, i, j, o: te.sum(mid[b, i, j, c].astype(acc) * p[0, 0, c, o].astype(acc), axis=c)  # noqa: E731
-    else:
-        shape = (wl.batch, wl.out_channels, wl.out_height, wl.out_width)
-        body = lambda b, o, i, j: te.sum(mid[b, c, i, j].astype(acc) * p[0, 0, c, o].astype(acc), axis=c)  # noqa: E731
-    return _store(te.compute(shape, body, name="pointwise"), wl, bias, last=True)
+    out = _activation(wl, wl.output_shape,
+                      lambda b, i, j, o: te.sum(mid[wl.axes.arrange(b, i, j, c)].astype(acc)
+                                                * p[0, 0, c, o].astype(acc), axis=c),
+                      "pointwise", channel="o")
+    return _store(out, wl, bias, last=True)
 
 
 def separable_compute(x: te.Tensor, f: te.Tensor, p: te.Tensor, wl: Workload,

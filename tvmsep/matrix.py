@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from .spec import Workload, depthwise_workload, separable_workload
+from .spec import LAYOUTS, Workload, depthwise_workload, separable_workload
 
 __all__ = ["CASES", "case_name", "case_workload", "matrix"]
 
-LAYOUTS = ("NHWC", "NCHW")
 DTYPES = ("float32", "float16")
 
 NO_EPILOGUE: dict = {}
@@ -48,11 +47,11 @@ def case_name(case: tuple) -> str:
 
 def case_workload(case: tuple, layout: str, dtype: str) -> Workload:
     batch, size, channels, mult, stride, padding, rate, outputs, epilogue = case
-    nhwc = layout == "NHWC"
-    shape = (batch, size, size, channels) if nhwc else (batch, channels, size, size)
-    strides = [1, stride, stride, 1] if nhwc else [1, 1, stride, stride]
-    if isinstance(padding, list) and not nhwc:
-        padding = [padding[0], padding[3], padding[1], padding[2]]
+    axes = LAYOUTS[layout]
+    shape = axes.arrange(batch, size, size, channels)
+    strides = axes.strides(stride, stride)
+    if isinstance(padding, list):
+        padding = axes.padding(padding[1], padding[2])
     common = dict(rate=[rate, rate], data_format=layout)
     if outputs is None:
         wl = depthwise_workload(shape, dtype, (3, 3, channels, mult), dtype, strides, padding, **common)

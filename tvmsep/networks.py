@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .spec import Workload, depthwise_workload, separable_workload
+from .spec import LAYOUTS, Workload, depthwise_workload, separable_workload
 
 __all__ = ["Layer", "NETWORKS", "network"]
 
@@ -31,9 +31,7 @@ class Layer:
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
-        if self.layout == "NCHW":
-            return (self.batch, self.channels, self.size, self.size)
-        return (self.batch, self.size, self.size, self.channels)
+        return LAYOUTS[self.layout].arrange(self.batch, self.size, self.size, self.channels)
 
     @property
     def filter_shape(self) -> tuple[int, int, int, int]:
@@ -45,9 +43,7 @@ class Layer:
 
     @property
     def strides(self) -> list[int]:
-        if self.layout == "NCHW":
-            return [1, 1, self.stride, self.stride]
-        return [1, self.stride, self.stride, 1]
+        return LAYOUTS[self.layout].strides(self.stride, self.stride)
 
     def workload(self, op: str | None = None) -> Workload:
         """op: "depthwise" or "separable" (default: separable when out_channels is set)."""

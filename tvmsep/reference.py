@@ -35,8 +35,7 @@ def scaled_error(actual: np.ndarray, expected: np.ndarray) -> float:
 def epilogue_reference(y: np.ndarray, bias: np.ndarray | None, wl: Workload) -> np.ndarray:
     """`wl`'s epilogue on the op's float64 result `y`: + bias per output channel, then the activation."""
     if bias is not None:
-        shape = (-1, 1, 1) if wl.layout == "NCHW" else (-1,)
-        y = y + np.asarray(bias, np.float64).reshape(shape)
+        y = y + np.asarray(bias, np.float64).reshape(wl.axes.arrange(1, 1, 1, -1))
     if wl.activation == "relu":
         y = np.maximum(y, 0.0)
     elif wl.activation == "relu6":
@@ -50,8 +49,7 @@ def depthwise_reference(x: np.ndarray, f: np.ndarray, wl: Workload, bias: np.nda
     Inf or NaN one), then, for a depthwise workload, its epilogue (`bias`, activation)."""
     x = np.asarray(x, np.float64)
     f = np.asarray(f, np.float64)
-    if wl.layout == "NCHW":
-        x = x.transpose(0, 2, 3, 1)
+    x = x.transpose(wl.axes.split(range(4)))  # to NHWC
     pads = ((0, 0), (wl.pad_top, wl.pad_bottom), (wl.pad_left, wl.pad_right), (0, 0))
     on_input = np.pad(np.ones((1,) + x.shape[1:3] + (1,), bool), pads)
     x = np.pad(x, pads)
@@ -65,7 +63,7 @@ def depthwise_reference(x: np.ndarray, f: np.ndarray, wl: Workload, bias: np.nda
             with np.errstate(invalid="ignore"):  # 0 * Inf over the padding, dropped by the mask
                 out += np.where(on_input[taps][..., None], x[taps][..., None] * f[di, dj], 0.0)
     out = out.reshape(x.shape[0], oh, ow, wl.mid_channels)
-    out = out if wl.layout == "NHWC" else out.transpose(0, 3, 1, 2)
+    out = out.transpose(wl.axes.arrange(0, 1, 2, 3))  # back to the workload's layout
     return epilogue_reference(out, bias, wl) if wl.op == "depthwise" else out
 
 
@@ -76,8 +74,13 @@ def separable_reference(x: np.ndarray, f: np.ndarray, p: np.ndarray, wl: Workloa
     mid = depthwise_reference(x, f, wl).astype(wl.dtype).astype(np.float64)
     weights = np.asarray(p, np.float64)[0, 0]
     with np.errstate(invalid="ignore"):  # Inf - Inf is NaN here as in TF
-        mixed = mid @ weights if wl.layout == "NHWC" else np.einsum("nchw,co->nohw", mid, weights)
+        mixed = np.einsum(_einsum(wl, "c") + ",co->" + _einsum(wl, "o"), mid, weights, optimize=True)
     return epilogue_reference(mixed, bias, wl)
+
+
+def _einsum(wl: Workload, channel: str) -> str:
+    """Einstein-summation subscripts of an activation in `wl`'s layout."""
+    return "".join(wl.axes.arrange("n", "h", "w", channel))
 
 
 def reference_for(wl: Workload, arrays: list[np.ndarray]) -> np.ndarray:

@@ -21,6 +21,8 @@ from typing import Any, Sequence
 
 __all__ = [
     "Workload",
+    "Layout",
+    "LAYOUTS",
     "SUPPORTED_DTYPES",
     "ACTIVATIONS",
     "same_padding",
@@ -31,10 +33,46 @@ __all__ = [
 
 SUPPORTED_DTYPES = ("float16", "float32", "float64")
 ACTIVATIONS = ("relu", "relu6")  # tf.nn.relu: max(x, 0); tf.nn.relu6: min(max(x, 0), 6)
-LAYOUTS = ("NHWC", "NCHW")
 OPS = ("depthwise", "separable")
 # Extents and index arithmetic in the generated code are int32.
 _MAX_ELEMENTS = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a data format puts each axis of a 4-D activation (input, intermediate, output).
+
+    The one table that every shape, every TF-style `strides` and explicit `padding`
+    argument, and every index of the TE definitions and the reference is arranged
+    by: `arrange` puts values given per axis into this layout's order, `split`
+    takes them back out."""
+
+    name: str
+    batch: int
+    height: int
+    width: int
+    channels: int
+
+    def arrange(self, batch: Any, height: Any, width: Any, channels: Any) -> tuple:
+        values: list[Any] = [None] * 4
+        values[self.batch], values[self.height], values[self.width], values[self.channels] = \
+            batch, height, width, channels
+        return tuple(values)
+
+    def split(self, values: Sequence[Any]) -> tuple:
+        """(batch, height, width, channels) from values in this layout's order."""
+        return values[self.batch], values[self.height], values[self.width], values[self.channels]
+
+    def strides(self, height: int, width: int) -> list[int]:
+        """TF's `strides` argument: 1 on the batch and channel axes."""
+        return list(self.arrange(1, height, width, 1))
+
+    def padding(self, rows: Sequence[int], columns: Sequence[int]) -> list[list[int]]:
+        """TF's explicit `padding` argument from (before, after) pairs of the two spatial axes."""
+        return [list(pair) for pair in self.arrange((0, 0), rows, columns, (0, 0))]
+
+
+LAYOUTS = {layout.name: layout for layout in (Layout("NHWC", 0, 1, 2, 3), Layout("NCHW", 0, 2, 3, 1))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,14 +124,13 @@ class Workload:
         span = (self.kernel_w - 1) * self.dilation_w + 1
         return (self.in_width + self.pad_left + self.pad_right - span) // self.stride_w + 1
 
-    def _nd(self, channels: int, height: int, width: int) -> tuple[int, int, int, int]:
-        if self.layout == "NHWC":
-            return (self.batch, height, width, channels)
-        return (self.batch, channels, height, width)
+    @property
+    def axes(self) -> Layout:
+        return LAYOUTS[self.layout]
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
-        return self._nd(self.in_channels, self.in_height, self.in_width)
+        return self.axes.arrange(self.batch, self.in_height, self.in_width, self.in_channels)
 
     @property
     def filter_shape(self) -> tuple[int, int, int, int]:
@@ -105,7 +142,12 @@ class Workload:
 
     @functools.cached_property  # every call of an op reads it
     def output_shape(self) -> tuple[int, int, int, int]:
-        return self._nd(self.out_channels, self.out_height, self.out_width)
+        return self.axes.arrange(self.batch, self.out_height, self.out_width, self.out_channels)
+
+    @property
+    def mid_shape(self) -> tuple[int, int, int, int]:
+        """Shape of the depthwise result (a separable's intermediate)."""
+        return self.axes.arrange(self.batch, self.out_height, self.out_width, self.mid_channels)
 
     @property
     def bias_shape(self) -> tuple[int]:
@@ -132,11 +174,9 @@ class Workload:
 
     def call_arguments(self) -> tuple[list[int], list[list[int]], list[int], str]:
         """(strides, explicit padding, rate, data_format): public-API arguments that resolve to exactly this."""
-        pads = [[self.pad_top, self.pad_bottom], [self.pad_left, self.pad_right]]
-        rate = [self.dilation_h, self.dilation_w]
-        if self.layout == "NHWC":
-            return [1, self.stride_h, self.stride_w, 1], [[0, 0], *pads, [0, 0]], rate, "NHWC"
-        return [1, 1, self.stride_h, self.stride_w], [[0, 0], [0, 0], *pads], rate, "NCHW"
+        padding = self.axes.padding((self.pad_top, self.pad_bottom), (self.pad_left, self.pad_right))
+        return self.axes.strides(self.stride_h, self.stride_w), padding, [self.dilation_h, self.dilation_w], \
+            self.layout
 
     def describe(self) -> str:
         """Short human-readable form, e.g. `dw 1x112x112x32 k3 s2 -> 1x56x56x32`."""
@@ -261,21 +301,20 @@ def _spatial_pads(op: str, padding: Any, layout: str, sizes: tuple[int, int],
         raise bad from e
     if len(pairs) != 4 or any(len(p) != 2 or not all(_is_int(v) and v >= 0 for v in p) for p in pairs):
         raise bad
-    batch, channel = (0, 3) if layout == "NHWC" else (0, 1)
-    if any(pairs[i] != (0, 0) for i in (batch, channel)):
+    batch, rows, columns, channels = LAYOUTS[layout].split(pairs)
+    if batch != (0, 0) or channels != (0, 0):
         raise ValueError(f"{op}: explicit `padding` on the batch and channel dimensions must be [0, 0], "
                          f"got {padding!r}")
-    h, w = (1, 2) if layout == "NHWC" else (2, 3)
-    return tuple(int(v) for v in pairs[h]), tuple(int(v) for v in pairs[w])  # type: ignore[return-value]
+    return tuple(int(v) for v in rows), tuple(int(v) for v in columns)  # type: ignore[return-value]
 
 
 def _spatial_strides(op: str, strides: Any, layout: str, sizes: tuple[int, int]) -> tuple[int, int]:
     values = _int_list(op, "strides", strides, 4)
-    batch, channel = (0, 3) if layout == "NHWC" else (0, 1)
-    if values[batch] != 1 or values[channel] != 1:
+    batch, height, width, channels = LAYOUTS[layout].split(values)
+    if batch != 1 or channels != 1:
         raise ValueError(f"{op}: `strides` must be 1 on the batch and channel dimensions "
                          f"({layout} order), got {list(values)}")
-    spatial = (values[1], values[2]) if layout == "NHWC" else (values[2], values[3])
+    spatial = (height, width)
     for axis, stride, size in zip(("height", "width"), spatial, sizes):
         if not 1 <= stride <= size:
             raise ValueError(f"{op}: the {axis} stride must be between 1 and the input {axis} ({size}), "
@@ -306,7 +345,7 @@ def _workload(op: str, input_shape: Sequence[int], input_dtype: Any, filter_shap
         if _dtype_name(op, arg, other) != dtype:
             raise TypeError(f"{op}: `{arg}` has dtype {other} but `input` has {dtype}; they must match")
 
-    batch, height, width, channels = x_shape if layout == "NHWC" else (x_shape[0], *x_shape[2:], x_shape[1])
+    batch, height, width, channels = LAYOUTS[layout].split(x_shape)
     if min(height, width, channels) < 1 or batch < 0:
         raise ValueError(f"{op}: `input` shape {x_shape} ({layout}) must have positive height, width "
                          "and channels")
@@ -346,7 +385,7 @@ def _workload(op: str, input_shape: Sequence[int], input_dtype: Any, filter_shap
         raise ValueError(f"{op}: the dilated filter ({(kh - 1) * dil[0] + 1}x{(kw - 1) * dil[1] + 1}) is larger "
                          f"than the padded input ({height + top + bottom}x{width + left + right}); "
                          f"padding {padding!r} leaves no output")
-    sizes = [wl.input_shape, wl.output_shape, (batch, wl.out_height, wl.out_width, wl.mid_channels),
+    sizes = [wl.input_shape, wl.output_shape, wl.mid_shape,
              (height + top + bottom, width + left + right, channels, max(batch, 1))]
     if any(_prod(s) > _MAX_ELEMENTS for s in sizes):
         raise ValueError(f"{op}: tensors of more than {_MAX_ELEMENTS} elements are not supported "

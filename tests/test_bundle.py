@@ -207,16 +207,32 @@ def test_rewriting_a_bundle_replaces_it_whole(bundle_path, tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["copy"]  # no staging folder left behind
 
 
+# Instruction-set flags, as Linux names them, that some x86 CPUs have and others lack.
+_SOME_CPUS_FLAGS = ("avx512_fp16", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2", "amx_fp16",
+                    "avx_ifma", "avx_ne_convert", "cmpccxadd")
+
+
 def test_a_bundle_for_a_cpu_with_other_instructions_is_refused(tmp_path):
-    from tvmsep.bundle import _host_cpu_flags
-    if "avx512_fp16" in (_host_cpu_flags() or {"avx512_fp16"}):
-        pytest.skip("this CPU has Sapphire Rapids' instructions (or its flags cannot be read)")
+    """Compiled for a CPU with instructions this one lacks, a bundle is refused, naming them.
+    Where every CPU LLVM knows has only instructions this host has, the bundle compiled for a
+    newer CPU says in its manifest that it needs one this host lacks."""
+    from tvmsep.backends import BACKENDS, host_cpu_flags
+    host = host_cpu_flags()
+    if host is None:
+        pytest.skip("this machine's CPU flags cannot be read")
     layer = network("mobilenet_v1")[2]
-    manifest = compile_bundle([(layer.name, layer.workload())], {"kind": "llvm", "mcpu": "sapphirerapids"},
-                              tmp_path / "spr", progress=lambda line: None)
-    assert "avx512_fp16" in manifest.cpu_flags
-    with pytest.raises(BundleError, match="sapphirerapids.*lacks.*avx512_fp16"):
-        tvmsep.load(tmp_path / "spr")
+    cpu = next((mcpu for mcpu in ("graniterapids", "sapphirerapids", "znver5", "znver4", "skylake-avx512")
+                if set(BACKENDS["llvm"].manifest_fields(tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
+                       ["cpu_flags"]) - host), "graniterapids")
+    path = tmp_path / "foreign"
+    manifest = compile_bundle([(layer.name, layer.workload())], {"kind": "llvm", "mcpu": cpu}, path,
+                              progress=lambda line: None)
+    lacking = sorted(set(manifest.cpu_flags) - host)
+    if not lacking:
+        lacking = [next(flag for flag in _SOME_CPUS_FLAGS if flag not in host)]
+        _edit_manifest(path, cpu_flags=[*manifest.cpu_flags, *lacking])
+    with pytest.raises(BundleError, match=f"{cpu}.*lacks.*{lacking[0]}"):
+        tvmsep.load(path)
 
 
 def test_bad_layer_files_are_clear_errors(tmp_path):

@@ -23,6 +23,7 @@ import tvm
 from tvm import s_tir
 from tvm.target import Target
 
+from .backends import backend_for
 from .compute import prim_func
 from .spec import Workload
 from .verdicts import USE_TUNED, TuningWarning, Verdict, log_folders, module_hash, plain_json, read_verdicts
@@ -32,14 +33,8 @@ __all__ = ["TuningWarning", "workload_module", "tuned_trace", "hand_schedule", "
 
 
 def schedules_for(target: Target):
-    """The hand-written schedule module for `target`'s kind."""
-    if target.kind.name == "llvm":
-        from tvmsep.schedules import llvm
-        return llvm
-    if target.kind.name == "cuda":
-        from tvmsep.schedules import cuda
-        return cuda
-    raise ValueError(f"no schedules for target kind {target.kind.name!r}")
+    """The hand-written schedule module for `target`'s family."""
+    return backend_for(target).schedules()
 
 
 def workload_module(wl: Workload) -> tvm.IRModule:
@@ -143,7 +138,7 @@ def _generic_with_epilogue(wl: Workload, trace: Any, target: Target) -> Any | No
             return None
         sch.enter_postproc()
         context = ms.TuneContext(mod=sch.mod, target=target, space_generator="post-order-apply", num_threads=1)
-        for postproc in ms.postproc.Postproc.create(target.kind.name):
+        for postproc in ms.postproc.Postproc.create(backend_for(target).kind):
             postproc._initialize_with_tune_context(context)
             if not postproc.apply(sch):
                 return None

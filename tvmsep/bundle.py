@@ -27,6 +27,7 @@ import numpy as np
 import tvm
 
 from . import runtime
+from .backends import BACKENDS, backend_named
 from .dispatch import Dispatcher
 from .spec import Workload, split_bias
 from .version import __version__
@@ -268,30 +269,11 @@ def _check_fields(path: Path, what: str, value: Any, fields: dict[str, type]) ->
 
 def _device_for(manifest: Manifest) -> Any:
     """The device the bundle's kernels run on here, or why there is none."""
-    kind = manifest.target_kind
-    if kind == "llvm":
-        host = _host_cpu_flags()
-        missing = sorted(set(manifest.cpu_flags or ()) - host) if host is not None else []
-        if missing:
-            raise BundleError(f"the bundle is for {manifest.mcpu or 'another CPU'}, whose instructions this "
-                              f"CPU lacks ({', '.join(missing)}); compile it for this CPU (--target llvm)")
-        return tvm.cpu()
-    if kind == "cuda":
-        device = tvm.cuda(0)
-        if not device.exist:
-            raise BundleError(f"the bundle is for a CUDA GPU ({manifest.arch}) and this machine has none")
-        arch = "sm_" + device.compute_version.replace(".", "")
-        if arch != manifest.arch:
-            raise BundleError(f"the bundle is for {manifest.arch}; this machine's GPU is {arch}")
-        return device
-    raise BundleError(f"the bundle's target kind {kind!r} is not one tvmsep runs (llvm, cuda)")
-
-
-def _host_cpu_flags() -> set[str] | None:
-    """This CPU's instruction-set flags as Linux reports them; None where they cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            line = next(line for line in f if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return None
-    return set(line.split(":", 1)[1].split())
+    backend = backend_named(manifest.target_kind)
+    if backend is None:
+        raise BundleError(f"the bundle's target kind {manifest.target_kind!r} is not one tvmsep runs "
+                          f"({', '.join(BACKENDS)})")
+    refusal = backend.bundle_refusal(manifest)
+    if refusal:
+        raise BundleError(refusal)
+    return backend.device()

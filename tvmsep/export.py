@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import tvm
 
 from . import build
+from .backends import backend_for
 from .bundle import FORMAT, LIBRARY, MANIFEST, KernelEntry, Manifest, function_name_for
 from .files import file_sha256
 from .spec import Workload, depthwise_workload, separable_workload
@@ -52,7 +53,8 @@ def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: st
         function, schedule = functions[wl]
         entries.append(KernelEntry(name, function, wl, schedule))
         progress(f"[{i}/{len(layers)}] scheduled {name}: {wl.describe()} ({schedule})")
-    progress(f"compiling {len(scheduled)} kernels for {target.kind.name} in one library ...")
+    backend = backend_for(target)
+    progress(f"compiling {len(scheduled)} kernels for {backend.kind} in one library ...")
     executable = build.compile_scheduled(tvm.IRModule(scheduled), target)
 
     try:
@@ -64,11 +66,7 @@ def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: st
         executable.export_library(str(staging / LIBRARY))
         manifest = Manifest(
             format=FORMAT, tvmsep=__version__, tvm=tvm.__version__, target=str(target),
-            target_kind=target.kind.name,
-            arch=str(target.attrs["arch"]) if target.kind.name == "cuda" else None,
-            mcpu=str(target.attrs["mcpu"]) if "mcpu" in target.attrs else None,
-            cpu_flags=tuple(_cpu_flags(target)) if target.kind.name == "llvm" else None,
-            library=LIBRARY, sha256=file_sha256(staging / LIBRARY), kernels=tuple(entries))
+            target_kind=backend.kind, **backend.manifest_fields(target), library=LIBRARY, sha256=file_sha256(staging / LIBRARY), kernels=tuple(entries))
         (staging / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1) + "\n")
         _replace(path, staging)
     finally:
@@ -131,20 +129,6 @@ def _replace(path: Path, staging: Path) -> None:
         old.rmdir()
         raise
     shutil.rmtree(old)
-
-
-# LLVM's names for the instruction sets tvmsep's CPU code may use -> Linux's /proc/cpuinfo flags.
-_CPU_FLAGS = {"sse4.1": "sse4_1", "sse4.2": "sse4_2", "avx": "avx", "avx2": "avx2", "fma": "fma", "f16c": "f16c",
-              "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512dq": "avx512dq", "avx512vl": "avx512vl",
-              "avx512cd": "avx512cd", "avx512bf16": "avx512_bf16", "avx512fp16": "avx512_fp16",
-              "avx512vnni": "avx512_vnni", "avxvnni": "avx_vnni"}
-
-
-def _cpu_flags(target: Any) -> list[str]:
-    """The instruction sets the target's CPU has, as /proc/cpuinfo names them: the code may use any."""
-    from tvm.target import codegen
-    features = {str(f) for f in codegen.llvm_get_cpu_features(target)}
-    return sorted(flag for feature, flag in _CPU_FLAGS.items() if feature in features)
 
 
 _LAYER_FIELDS = frozenset({"name", "op", "input_shape", "filter_shape", "pointwise_shape", "strides", "padding",

@@ -13,6 +13,7 @@ from typing import Any
 import tvm
 
 from . import build, runtime
+from .backends import backend_for
 from .cache import ModuleCache, cache_key
 from .dispatch import Dispatcher
 from .spec import Workload
@@ -28,9 +29,10 @@ _kernels_lock = threading.Lock()
 def get_kernel(wl: Workload, target: Any = None) -> runtime.Kernel:
     """The compiled kernel for `wl` on `target` (None: this CPU)."""
     target = resolve_target(target)
-    if target.kind.name == "cuda" and not tvm.cuda(0).exist:
-        raise RuntimeError("no CUDA device here to run on; to compile CUDA kernels for another machine, "
-                           "use tvmsep.build.compile_module(workload, target) and export_library")
+    backend = backend_for(target)
+    unavailable = backend.unavailable()
+    if unavailable:
+        raise RuntimeError(unavailable)
     index = (wl, str(target))
     kernel = _kernels.get(index)
     if kernel is not None:
@@ -38,8 +40,7 @@ def get_kernel(wl: Workload, target: Any = None) -> runtime.Kernel:
     trace = build.tuned_trace(wl, target)
     key = cache_key(wl, target, trace)
     module, origin = module_cache.get(key, lambda: build.compile_module(wl, target, trace))
-    device = tvm.cuda(0) if target.kind.name == "cuda" else tvm.cpu()
-    kernel = runtime.Kernel(wl, module["main"], origin, device)
+    kernel = runtime.Kernel(wl, module["main"], origin, backend.device())
     with _kernels_lock:
         return _kernels.setdefault(index, kernel)
 

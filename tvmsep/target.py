@@ -7,6 +7,7 @@ from typing import Any
 
 from tvm.target import Target, codegen
 
+from .backends import backend_for
 from .threads import usable_cores
 
 __all__ = ["resolve_target", "host_target", "cuda_target"]
@@ -42,6 +43,5 @@ def resolve_target(target: Any = None) -> Target:
             raise ValueError(f"`target`: TVM rejected {target!r}: {e}") from e
     else:
         raise TypeError(f"`target` must be None, 'llvm', 'cuda', a target dict or a tvm.target.Target, got {target!r}")
-    if resolved.kind.name not in ("llvm", "cuda"):
-        raise ValueError(f"`target`: llvm (CPU) and cuda targets are supported, got {resolved.kind.name!r}")
+    backend_for(resolved)  # a kind tvmsep compiles for
     return resolved

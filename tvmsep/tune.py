@@ -40,6 +40,7 @@ from tvm.s_tir import Schedule
 from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 from tvm.target import Target
 
+from .backends import backend_for
 from .build import compile_scheduled, hand_schedule, scheduled_module, schedules_for, workload_module
 from .spec import Workload
 from .target import resolve_target
@@ -135,7 +136,7 @@ def _build_and_run(schedules: Sequence[tvm.IRModule], target: Target, builder,
     inputs, where, errors = [], [], []
     for i, (mod, result) in enumerate(zip(schedules, built)):
         if result.error_msg is None:
-            inputs.append(ms.runner.RunnerInput(result.artifact_path, _device_type(target),
+            inputs.append(ms.runner.RunnerInput(result.artifact_path, backend_for(target).device_type,
                                                 ArgInfo.from_prim_func(mod["main"])))
             where.append(i)
         else:
@@ -148,10 +149,6 @@ def _build_and_run(schedules: Sequence[tvm.IRModule], target: Target, builder,
         else:
             errors.append(f"run: {result.error_msg or 'no time measured'}")
     return seconds, (errors[0] if errors else None)
-
-
-def _device_type(target: Target) -> str:
-    return "cuda" if target.kind.name == "cuda" else "cpu"
 
 
 def _finalists(log: TuningLog, workload, hand_key: str) -> list[Any]:

@@ -19,6 +19,7 @@ from typing import Any
 import tvm
 import tvm_ffi
 
+from .backends import backend_for
 from .files import JsonLines
 
 __all__ = ["Verdict", "TuningWarning", "module_hash", "plain_json", "read_verdicts", "target_folder_name",
@@ -96,8 +97,7 @@ def read_verdicts(folder: Path) -> dict[str, Verdict]:
 
 def target_folder_name(target: tvm.target.Target) -> str:
     """Log folder of a target: its kind and CPU/GPU name, e.g. `llvm-znver5`."""
-    arch = target.attrs.get("mcpu", "") or target.attrs.get("arch", "")
-    return f"{target.kind.name}-{arch}" if arch else target.kind.name
+    return backend_for(target).log_folder(target)
 
 
 def log_folders(target: tvm.target.Target) -> list[Path]:

@@ -336,37 +336,9 @@ def _depthwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool, ro
         sch.compute_at(store, row)
         sch.compute_at(block, row)
     if wl.layout == "NHWC":
-        if has_block(sch, "pad"):
-            sch.compute_inline(sch.get_sblock("pad"))
-        *outer, j, c, di, dj = sch.get_loops(block)
-        jo, ji = sch.split(j, [None, _block_knob(sch, wl.out_width, DEPTHWISE_PIXEL_BLOCK, [4, 6, 8, 12, 16])])
-        if wl.multiplier > 1:
-            c, q = sch.split(c, [None, wl.multiplier])
-            _by_input_channel(sch, block, wl.multiplier)
-        co, vec = sch.split(c, [None, _vector_knob(sch, wl.in_channels, lanes)])
-        per_tile = [co, q] if wl.multiplier > 1 else [co]
-        if row_blocks:
-            b, i = outer
-            io, ii = sch.split(i, [None, _knob(sch, row_blocks[len(row_blocks) // 2], row_blocks, wl.out_height)])
-            sch.reorder(io, jo, ii, *per_tile, di, dj, ji, vec)
-            outer = [b, io]
-        else:
-            sch.reorder(jo, *per_tile, di, dj, ji, vec)
-        rows = sch.fuse(*outer) if row is None else row
-        tile, block_loop = co, ji
+        rows, tile, block_loop, vec, di, dj = _depthwise_nhwc(sch, block, wl, lanes, row, row_blocks)
     else:
-        b, c, i, j, di, dj = sch.get_loops(block)
-        io, ii = sch.split(i, [None, _block_knob(sch, wl.out_height, DEPTHWISE_ROW_BLOCK, [2, 4, 6, 8])])
-        jo, vec = sch.split(j, [None, _vector_knob(sch, wl.out_width, lanes)])
-        sch.reorder(b, c, io, jo, di, dj, ii, vec)
-        rows = sch.fuse(b, c, io)
-        tile, block_loop = jo, ii
-        if has_block(sch, "pad"):
-            # Width is the vector axis here, so an inlined zero test would be
-            # per lane: stage the padded rows of this block instead.
-            pad = sch.get_sblock("pad")
-            sch.compute_at(pad, rows)
-            sch.vectorize(sch.get_loops(pad)[-1])
+        rows, tile, block_loop, vec, di, dj = _depthwise_nchw(sch, block, wl, lanes)
     if parallel:
         sch.parallel(rows)
     sch.vectorize(vec)
@@ -381,14 +353,56 @@ def _depthwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool, ro
     _finish_tile(sch, block, store, tile, di)
 
 
+def _depthwise_nhwc(sch: s_tir.Schedule, block, wl: Workload, lanes: int, row, row_blocks: list[int] | None) -> tuple:
+    """The NHWC loop nest: a register tile of pixels x one channel vector, the padding
+    inlined as a zero test, rows (or blocks of rows) outermost. Returns (row loop, tile
+    loop, unrolled pixels, vector, tap rows, tap columns)."""
+    if has_block(sch, "pad"):
+        sch.compute_inline(sch.get_sblock("pad"))
+    *outer, j, c, di, dj = sch.get_loops(block)
+    jo, ji = sch.split(j, [None, _block_knob(sch, wl.out_width, DEPTHWISE_PIXEL_BLOCK, [4, 6, 8, 12, 16])])
+    if wl.multiplier > 1:
+        c, q = sch.split(c, [None, wl.multiplier])
+        _by_input_channel(sch, block, wl.multiplier)
+    co, vec = sch.split(c, [None, _vector_knob(sch, wl.in_channels, lanes)])
+    per_tile = [co, q] if wl.multiplier > 1 else [co]
+    if row_blocks:
+        b, i = outer
+        io, ii = sch.split(i, [None, _knob(sch, row_blocks[len(row_blocks) // 2], row_blocks, wl.out_height)])
+        sch.reorder(io, jo, ii, *per_tile, di, dj, ji, vec)
+        outer = [b, io]
+    else:
+        sch.reorder(jo, *per_tile, di, dj, ji, vec)
+    rows = sch.fuse(*outer) if row is None else row
+    return rows, co, ji, vec, di, dj
+
+
+def _depthwise_nchw(sch: s_tir.Schedule, block, wl: Workload, lanes: int) -> tuple:
+    """The NCHW loop nest: a register tile of output rows x one vector along the width,
+    the padded rows of each block staged (an inlined zero test would be per lane: width
+    is the vector axis). Returns (row loop, tile loop, unrolled rows, vector, tap rows,
+    tap columns)."""
+    b, c, i, j, di, dj = sch.get_loops(block)
+    io, ii = sch.split(i, [None, _block_knob(sch, wl.out_height, DEPTHWISE_ROW_BLOCK, [2, 4, 6, 8])])
+    jo, vec = sch.split(j, [None, _vector_knob(sch, wl.out_width, lanes)])
+    sch.reorder(b, c, io, jo, di, dj, ii, vec)
+    rows = sch.fuse(b, c, io)
+    if has_block(sch, "pad"):
+        pad = sch.get_sblock("pad")
+        sch.compute_at(pad, rows)
+        sch.vectorize(sch.get_loops(pad)[-1])
+    return rows, jo, ii, vec, di, dj
+
+
 def _gemm_padding(wl: Workload, lanes: int) -> tuple[int, int]:
     """(rows per GEMM tile, channel multiple): the NHWC pointwise's width and output
     channels are padded to multiples of these. A width with no good divisor for
     the GEMM's rows, or channels that leave the vectors narrower than the
     registers, would otherwise put a bounds test in the GEMM's inner loop or
-    narrow its vectors, either of which costs more than the padded work. Channels are padded to whole pairs of registers while the waste
-    stays within an eighth, else to whole registers when that takes fewer vector FMAs
-    than the narrower vectors that divide them (24 channels: two FMAs over 32 lanes,
+    narrow its vectors, either of which costs more than the padded work. Channels
+    are padded to whole pairs of registers while the waste stays within an eighth,
+    else to whole registers when that takes fewer vector FMAs than the narrower
+    vectors that divide them (24 channels: two FMAs over 32 lanes,
     not three over 8; 11: one, not eleven scalar ones).
     A width under 4 is padded to 4: the wasted rows keep more accumulators in flight
     to hide the FMA latency, where blocks of the width itself would leave it exposed."""
@@ -470,49 +484,78 @@ def _pointwise(sch: s_tir.Schedule, wl: Workload, target: Target, lanes: int, pa
     else:
         block, store = sch.get_sblock("pointwise"), _pad_pointwise(sch, (width, channels))
     if wl.layout == "NHWC":
-        b, i, j, o, c = sch.get_loops(block)
-        jo, ji = sch.split(j, [None, _knob(sch, row_block, [4, 6, 8, 12, 16], width)])
-        oo, vec = sch.split(o, [None, _vector_knob(sch, channels, lanes, GEMM_VECTORS, 4)])
-        # Packed panels (`_packs_panels`) keep the panel loop a loop of its own, with the
-        # copy under it and the panel's tiles inside; otherwise panels and tiles are one loop.
-        # Zero-padded weights (`_pad_pointwise`) are copied anyway: panel by panel where it can be.
-        padded_weights = has_block(sch, "pointwise_filter_pad")
-        pack = padded_weights or _packs_panels(wl, chunk_rows)
-        if chunk_rows:
-            io, *ii = [i] if chunk_rows == 1 else sch.split(i, [None, chunk_rows])
-            sch.reorder(b, io, oo, *ii, jo, c, ji, vec)
-            outer, tiles = sch.fuse(b, io), [*ii, jo]
-        elif parallel and (chunking := _pointwise_chunks(wl, target, width // row_block))[0] > 1:
-            chunks, by_tile = chunking
-            if by_tile:
-                chunk, tile = sch.split(sch.fuse(b, i, jo), [chunks, None])
-                sch.reorder(chunk, oo, tile, c, ji, vec)
-                outer, tiles = chunk, [tile]
-            else:
-                chunk, row = sch.split(sch.fuse(b, i), [chunks, None])
-                sch.reorder(chunk, oo, row, jo, c, ji, vec)
-                outer, tiles = chunk, [row, jo]
-        else:
-            sch.reorder(oo, b, i, jo, c, ji, vec)
-            # Packed, the panels alone are the parallel loop: only where they split evenly.
-            pack = pack and not (parallel and int(sch.get(oo).extent) % _cores(target))
-            outer, tiles = (oo if pack else None), [b, i, jo]
-        tile = sch.fuse(*tiles) if pack else sch.fuse(oo, *tiles)
-        if pack:
-            _pack_panel(sch, block, oo)
-        elif padded_weights:
-            _copy_whole(sch, sch.get_sblock("pointwise_filter_pad"), parallel)
-        if outer is None:
-            outer = tile
+        outer, tile, c, ji, vec = _pointwise_nhwc(sch, block, wl, target, lanes, parallel, chunk_rows,
+                                                  (row_block, width, channels))
     else:
-        b, o, i, j, c = sch.get_loops(block)
-        jo, vec = sch.split(j, [None, _vector_knob(sch, wl.out_width, lanes, GEMM_VECTORS, 4)])
-        oo, ji = sch.split(o, [None, _block_knob(sch, wl.out_channels, GEMM_ROWS, [4, 6, 8, 12, 16])])
-        sch.reorder(b, oo, i, jo, c, ji, vec)
-        outer = tile = sch.fuse(b, oo, i, jo)
+        outer, tile, c, ji, vec = _pointwise_nchw(sch, block, wl, lanes)
     if parallel:
         sch.parallel(outer)
     sch.vectorize(vec)
     sch.unroll(ji)
     _finish_tile(sch, block, store, tile, c)
     return outer
+
+
+def _pointwise_nhwc(sch: s_tir.Schedule, block, wl: Workload, target: Target, lanes: int, parallel: bool,
+                    chunk_rows: int, domain: tuple[int, int, int]) -> tuple:
+    """The NHWC GEMM's loop nest over `domain` (rows per tile, width, output channels):
+    tiles of pixels x channel vectors, in one of four parallel structures (module
+    docstring). Returns (parallel loop, tile loop, reduction, unrolled rows, vector)."""
+    row_block, width, channels = domain
+    b, i, j, o, c = sch.get_loops(block)
+    jo, ji = sch.split(j, [None, _knob(sch, row_block, [4, 6, 8, 12, 16], width)])
+    oo, vec = sch.split(o, [None, _vector_knob(sch, channels, lanes, GEMM_VECTORS, 4)])
+    # Packed panels (`_packs_panels`) keep the panel loop a loop of its own, with the
+    # copy under it and the panel's tiles inside; otherwise panels and tiles are one loop.
+    # Zero-padded weights (`_pad_pointwise`) are copied anyway: panel by panel where it can be.
+    padded_weights = has_block(sch, "pointwise_filter_pad")
+    pack = padded_weights or _packs_panels(wl, chunk_rows)
+    inner = (c, ji, vec)
+    if chunk_rows:
+        outer, tiles = _rows_of_a_chunk(sch, (b, i, jo, oo), inner, chunk_rows)
+    elif parallel and (chunking := _pointwise_chunks(wl, target, width // row_block))[0] > 1:
+        outer, tiles = _chunk_per_core(sch, (b, i, jo, oo), inner, *chunking)
+    else:
+        sch.reorder(oo, b, i, jo, *inner)
+        # Packed, the panels alone are the parallel loop: only where they split evenly.
+        pack = pack and not (parallel and int(sch.get(oo).extent) % _cores(target))
+        outer, tiles = (oo if pack else None), [b, i, jo]
+    tile = sch.fuse(*tiles) if pack else sch.fuse(oo, *tiles)
+    if pack:
+        _pack_panel(sch, block, oo)
+    elif padded_weights:
+        _copy_whole(sch, sch.get_sblock("pointwise_filter_pad"), parallel)
+    return (tile if outer is None else outer), tile, c, ji, vec
+
+
+def _rows_of_a_chunk(sch: s_tir.Schedule, loops: tuple, inner: tuple, chunk_rows: int) -> tuple:
+    """The GEMM over one chunk of `chunk_rows` output rows, inside the loop over chunks
+    whose depthwise each computes first: panels outside the chunk's tiles."""
+    b, i, jo, oo = loops
+    io, *ii = [i] if chunk_rows == 1 else sch.split(i, [None, chunk_rows])
+    sch.reorder(b, io, oo, *ii, jo, *inner)
+    return sch.fuse(b, io), [*ii, jo]
+
+
+def _chunk_per_core(sch: s_tir.Schedule, loops: tuple, inner: tuple, chunks: int, by_tile: bool) -> tuple:
+    """One chunk of output rows (or, `by_tile`, of row tiles) per core outermost, the panels
+    inside it: each core reads only the rows its own depthwise wrote."""
+    b, i, jo, oo = loops
+    if by_tile:
+        chunk, tile = sch.split(sch.fuse(b, i, jo), [chunks, None])
+        sch.reorder(chunk, oo, tile, *inner)
+        return chunk, [tile]
+    chunk, row = sch.split(sch.fuse(b, i), [chunks, None])
+    sch.reorder(chunk, oo, row, jo, *inner)
+    return chunk, [row, jo]
+
+
+def _pointwise_nchw(sch: s_tir.Schedule, block, wl: Workload, lanes: int) -> tuple:
+    """The NCHW GEMM's loop nest: pixels are the vector axis, output channels the
+    unrolled rows. Returns (parallel loop, tile loop, reduction, unrolled rows, vector)."""
+    b, o, i, j, c = sch.get_loops(block)
+    jo, vec = sch.split(j, [None, _vector_knob(sch, wl.out_width, lanes, GEMM_VECTORS, 4)])
+    oo, ji = sch.split(o, [None, _block_knob(sch, wl.out_channels, GEMM_ROWS, [4, 6, 8, 12, 16])])
+    sch.reorder(b, oo, i, jo, c, ji, vec)
+    tile = sch.fuse(b, oo, i, jo)
+    return tile, tile, c, ji, vec

@@ -164,7 +164,8 @@ def test_an_epilogue_follows_a_verdict_from_the_generic_space(tuned_log, monkeyp
     assert generic, "the tiny job measured no candidate of the generic space"
     best = min(generic, key=lambda r: float(r.run_secs[0]))
     verdict = Verdict.from_json(json.loads(_lines(folder / VERDICT_FILE)[-1]))
-    log.commit_verdict(dataclasses.replace(verdict, use="tuned", trace=plain_json(best.trace.as_json(remove_postproc=False))))
+    generic_trace = plain_json(best.trace.as_json(remove_postproc=False))
+    log.commit_verdict(dataclasses.replace(verdict, use="tuned", trace=generic_trace))
     build._verdicts.cache_clear()
     ops._kernels.clear()
     ops._call.clear()

@@ -66,7 +66,8 @@ def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: st
         executable.export_library(str(staging / LIBRARY))
         manifest = Manifest(
             format=FORMAT, tvmsep=__version__, tvm=tvm.__version__, target=str(target),
-            target_kind=backend.kind, **backend.manifest_fields(target), library=LIBRARY, sha256=file_sha256(staging / LIBRARY), kernels=tuple(entries))
+            target_kind=backend.kind, **backend.manifest_fields(target), library=LIBRARY,
+            sha256=file_sha256(staging / LIBRARY), kernels=tuple(entries))
         (staging / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1) + "\n")
         _replace(path, staging)
     finally:

@@ -17,7 +17,16 @@ from tvmsep.target import host_target
 
 from conftest import assert_close
 
-TARGET = host_target()
+TARGET = host_target()  # for the kernels these tests run
+
+
+def _cpu(cores: int) -> tvm.target.Target:
+    """A CPU with 16-lane fp32 vectors and `cores` cores, for tests of structure alone (nothing
+    runs): their outcome does not depend on the machine the tests run on."""
+    return tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": cores})
+
+
+STRUCTURE = _cpu(2)
 # Every NHWC configuration of the matrix that has more than one space (epilogues included), plus
 # float64 (half the lanes), a pointwise whose per-core row chunks end mid-image (3 x 6 rows), one
 # whose rows do not split evenly over the cores (7), one whose pointwise is padded (a width of 11 and
@@ -107,20 +116,19 @@ def test_fused_space_keeps_only_one_row_of_the_intermediate():
     assert f"({wl.batch}, {wl.out_height}, {wl.out_width}, {wl.mid_channels})" in two_stage
 
 
-@pytest.mark.skipif(int(TARGET.attrs.get("num-cores", 1)) < 2, reason="one core: nothing runs in parallel")
 def test_an_intermediate_too_large_for_l2_is_computed_chunk_by_chunk():
     """Past a core's L2 share (llvm.INTERMEDIATE_CORE_BYTES) the hand-written separable
     computes the depthwise per chunk of whole rows of one image, inside the GEMM's
     parallel loop; below it, as a whole stage."""
-    lanes = llvm.vector_lanes(TARGET, "float32")
+    lanes = llvm.vector_lanes(STRUCTURE, "float32")
     large = dict(SEPARABLE)["b8-28x48x2-s1-SAME-o32-bias-relu6-NHWC-float32"]
-    rows = llvm._chunk_rows(large, TARGET, lanes)
+    rows = llvm._chunk_rows(large, STRUCTURE, lanes)
     assert rows >= 2 and large.out_height % rows == 0, rows
     assert rows * large.out_width * large.mid_channels * 4 <= llvm.CHUNK_BYTES
-    text = _intermediate_allocation(build.hand_schedule(large, TARGET).mod)
+    text = _intermediate_allocation(build.hand_schedule(large, STRUCTURE).mod)
     assert f"depthwise = T.sblock_alloc_buffer((1, {rows}, {large.out_width}, {large.mid_channels})" in text, text
     small = dict(SEPARABLE)["b3-6x12x64x1-s1-SAME-o64-NHWC-float32"]
-    assert llvm._chunk_rows(small, TARGET, lanes) == 0
+    assert llvm._chunk_rows(small, STRUCTURE, lanes) == 0
 
 
 def test_other_layouts_and_shapes_have_one_space():
@@ -131,42 +139,43 @@ def test_other_layouts_and_shapes_have_one_space():
     assert len(_spaces(odd_height)) == 1
 
 
-@pytest.mark.skipif(int(TARGET.attrs.get("num-cores", 1)) < 2, reason="one core: nothing runs in parallel")
-def test_pointwise_rows_are_chunked_per_core():
+@pytest.mark.parametrize("cores, chunked", [
+    (2, {"b3-6x12x64x1-s1-SAME-o64-NHWC-float32": True,  # 18 rows: 9 per core
+         "b1-7x256x1-s1-SAME-o64-NHWC-float32": False,  # 7 rows, 7 tiles: neither splits
+         "b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32": True}),  # 11 rows of 2 tiles: by tile
+    (3, {"b3-6x12x64x1-s1-SAME-o64-NHWC-float32": True,  # 6 rows per core
+         "b1-7x256x1-s1-SAME-o64-NHWC-float32": False,
+         "b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32": False}),  # 11 rows, 22 tiles: neither splits
+])
+def test_pointwise_rows_are_chunked_per_core(cores, chunked):
     """Each core's pointwise reads the intermediate rows its own depthwise wrote
     (module docstring): one parallel chunk per core when the rows split evenly,
     or else their GEMM tiles (11 rows padded to 12 wide, in two tiles each), else
     the panel-outer nest over all tiles."""
-    cores = int(TARGET.attrs["num-cores"])
-    by_name = dict(SEPARABLE)
-    even, odd = by_name["b3-6x12x64x1-s1-SAME-o64-NHWC-float32"], by_name["b1-7x256x1-s1-SAME-o64-NHWC-float32"]
-    tiled = by_name["b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32"]
-    assert all(llvm._parallel(wl, TARGET) for wl in (even, odd, tiled))
-    if (even.batch * even.out_height) % cores == 0:
-        assert f"T.parallel({cores})" in build.hand_schedule(even, TARGET).mod.script()
-    if (odd.batch * odd.out_height) % cores:
-        assert f"T.parallel({cores})" not in build.hand_schedule(odd, TARGET).mod.script()
-    if (tiled.batch * tiled.out_height) % cores and (tiled.batch * tiled.out_height * 2) % cores == 0:
-        assert f"T.parallel({cores})" in build.hand_schedule(tiled, TARGET).mod.script()
+    target = _cpu(cores)
+    for name, expected in chunked.items():
+        wl = dict(SEPARABLE)[name]
+        assert llvm._parallel(wl, target), name
+        assert (f"T.parallel({cores})" in build.hand_schedule(wl, target).mod.script()) == expected, name
 
 
 def test_pointwise_tails_are_padded_out_of_the_gemm_loop():
     """A width with no good row block (11) and channels that are not whole
     vector registers (72) pad the GEMM's domain: no bounds test in its inner
     loop, full-register vectors. Shapes that fit are not padded."""
-    lanes = llvm.vector_lanes(TARGET, "float32")
+    lanes = llvm.vector_lanes(STRUCTURE, "float32")
     padded = dict(SEPARABLE)["b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32"]
     assert llvm._gemm_padding(padded, lanes) == (6, 16), "11 -> 12 in blocks of 6, 72 -> 80 channels"
-    before, update = build.hand_schedule(padded, TARGET).mod.script().split('T.sblock("pointwise_update")')
+    before, update = build.hand_schedule(padded, STRUCTURE).mod.script().split('T.sblock("pointwise_update")')
     assert "T.where" not in update.split("T.sblock(")[0], update
     assert "T.vectorized(16)" in before.rsplit("for c in", 1)[1], "one vector of 16 channels per row"
     fits = dict(SEPARABLE)["b3-6x12x64x1-s1-SAME-o64-NHWC-float32"]
     assert llvm._gemm_padding(fits, lanes) == (6, 1), "12 wide in rows of 6, 64 channels"
-    assert "pad_einsum" not in str(build.hand_schedule(fits, TARGET).trace)
+    assert "pad_einsum" not in str(build.hand_schedule(fits, STRUCTURE).trace)
 
 
 def _packed_weights(wl) -> bool:
-    return any(inst.kind.name == "CacheRead" for inst in build.hand_schedule(wl, TARGET).trace.insts)
+    return any(inst.kind.name == "CacheRead" for inst in build.hand_schedule(wl, STRUCTURE).trace.insts)
 
 
 def test_pointwise_weights_a_multiple_of_512_bytes_apart_are_packed_per_panel():
@@ -177,7 +186,7 @@ def test_pointwise_weights_a_multiple_of_512_bytes_apart_are_packed_per_panel():
     for name in ("b1-7x96x1-s1-SAME-o256-NHWC-float32", "b2-8x40x1-s2-SAME-o128-bias-relu-NHWC-float32",
                  "b1-7x48x1-s1-SAME-o256-NHWC-float16", "b1-9x24x1-s1-VALID-o64-NHWC-float64"):
         assert _packed_weights(by_name[name]), name
-        text = _intermediate_allocation(build.hand_schedule(by_name[name], TARGET).mod)
+        text = _intermediate_allocation(build.hand_schedule(by_name[name], STRUCTURE).mod)
         assert "pointwise_filter_global = T.sblock_alloc_buffer((1, 1, " in text, text
     for name in ("b3-6x12x64x1-s1-SAME-o64-NHWC-float32", "b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32",
                  "b1-10x12x1-s1-SAME-o20-NHWC-float64"):
@@ -189,11 +198,11 @@ def test_padded_weights_are_copied_panel_by_panel():
     under the panel loop ([C*M, NR]), not a padded copy of all the weights. Channels are
     padded to whole registers where that takes fewer vector FMAs: 72 -> 80, and 24 -> 32,
     whose unpadded vectors would be 8 lanes wide."""
-    lanes = llvm.vector_lanes(TARGET, "float32")
+    lanes = llvm.vector_lanes(STRUCTURE, "float32")
     for name, padded in (("b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32", 80),
                          ("b1-12x40x1-s1-SAME-o24-NHWC-float32", 32)):
         wl = dict(SEPARABLE)[name]
-        text = _intermediate_allocation(build.hand_schedule(wl, TARGET).mod)
+        text = _intermediate_allocation(build.hand_schedule(wl, STRUCTURE).mod)
         panel = next(line for line in text.split("\n") if "pointwise_filter_pad = T.sblock_alloc_buffer" in line)
         shape = [int(v) for v in panel.split("((", 1)[1].split(")", 1)[0].split(",")]
         assert shape[:3] == [1, 1, wl.mid_channels] and padded % shape[3] == 0 and shape[3] % lanes == 0, panel

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import time
@@ -95,16 +94,16 @@ def _padding(text: str):
 
 def _tune_workloads(args: argparse.Namespace) -> list:
     """The workloads to tune, each with the epilogue asked for (argparse checked the activation's name)."""
-    epilogue = dict(bias=args.bias, activation=args.activation)  # the bias's shape follows from the layer
-    return [dataclasses.replace(wl, **epilogue) for wl in _tune_layers(args)]
+    return [layer.workload() for layer in _tune_layers(args)]
 
 
 def _tune_layers(args: argparse.Namespace) -> list:
     from .networks import network
-    from .spec import LAYOUTS, depthwise_workload, separable_workload
+    from .spec import LAYOUTS, LayerArguments
     ops = ("depthwise", "separable") if args.op == "both" else (args.op,)
+    epilogue = dict(bias=args.bias, activation=args.activation)
     if args.network:
-        return [layer.workload(op) for op in ops for layer in network(args.network)]
+        return [layer.arguments(op, **epilogue) for op in ops for layer in network(args.network)]
     if args.input is None or args.filter is None:
         raise SystemExit("tvmsep tune: give --network, or --input and --filter (and --pointwise for separable)")
     padding = args.padding
@@ -113,18 +112,18 @@ def _tune_layers(args: argparse.Namespace) -> list:
             raise SystemExit(f"tvmsep tune: explicit --padding needs 4 integers, got {padding}")
         padding = LAYOUTS[args.layout].padding(padding[:2], padding[2:])
     strides = LAYOUTS[args.layout].strides(args.stride, args.stride)
-    common = dict(strides=strides, padding=padding, rate=[args.rate, args.rate], data_format=args.layout)
-    workloads = []
+    layers = []
     for op in ops:
         if op == "depthwise":
-            workloads.append(depthwise_workload(args.input, args.dtype, args.filter, args.dtype, **common))
+            pointwise = None
         elif args.pointwise is None:
             raise SystemExit("tvmsep tune: separable needs --pointwise OUT_CHANNELS")
         else:
-            mid = args.filter[2] * args.filter[3]
-            workloads.append(separable_workload(args.input, args.dtype, args.filter, args.dtype,
-                                                [1, 1, mid, args.pointwise], args.dtype, **common))
-    return workloads
+            pointwise = [1, 1, args.filter[2] * args.filter[3], args.pointwise]
+        layers.append(LayerArguments(args.input, args.filter, strides, padding, pointwise_shape=pointwise,
+                                     rate=[args.rate, args.rate], data_format=args.layout, dtype=args.dtype,
+                                     **epilogue))
+    return layers
 
 
 def _tune(args: argparse.Namespace) -> int:

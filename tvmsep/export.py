@@ -8,7 +8,6 @@ library. The folder appears whole or not at all.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from . import build
 from .backends import backend_for
 from .bundle import FORMAT, LIBRARY, MANIFEST, KernelEntry, Manifest, function_name_for
 from .files import file_sha256
-from .spec import Workload, depthwise_workload, separable_workload
+from .spec import LayerArguments, Workload
 from .target import resolve_target
 from .version import __version__
 
@@ -132,10 +131,6 @@ def _replace(path: Path, staging: Path) -> None:
     shutil.rmtree(old)
 
 
-_LAYER_FIELDS = frozenset({"name", "op", "input_shape", "filter_shape", "pointwise_shape", "strides", "padding",
-                           "rate", "data_format", "dtype", "bias", "activation"})
-
-
 def layers_from_file(path: str | Path) -> list[tuple[str, Workload]]:
     """Named workloads from a JSON list of layers written with the public API's fields:
 
@@ -149,32 +144,16 @@ def layers_from_file(path: str | Path) -> list[tuple[str, Workload]]:
     layer takes one, `activation`) are optional.
     """
     try:
-        specs = json.loads(Path(path).read_text())
+        rows = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read layers from {path}: {e}") from e
-    if not isinstance(specs, list) or not all(isinstance(s, dict) for s in specs):
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise ValueError(f"{path}: expected a JSON list of layer objects")
     layers = []
-    for i, spec in enumerate(specs):
-        name = str(spec.get("name", f"layer{i}"))
-        if set(spec) - _LAYER_FIELDS:
-            raise ValueError(f"{path}, layer {name!r}: unknown fields {sorted(set(spec) - _LAYER_FIELDS)}; "
-                             f"known: {sorted(_LAYER_FIELDS)}")
+    for i, row in enumerate(rows):
+        name = str(row.get("name", f"layer{i}"))
         try:
-            dtype = spec.get("dtype", "float32")
-            op = spec.get("op", "separable" if "pointwise_shape" in spec else "depthwise")
-            if not isinstance(spec.get("bias", False), bool):
-                raise ValueError(f"`bias` must be true or false (whether the layer takes one), got {spec['bias']!r}")
-            common = dict(strides=spec["strides"], padding=spec["padding"], rate=spec.get("rate"),
-                          data_format=spec.get("data_format"), activation=spec.get("activation"))
-            if op == "depthwise":
-                wl = depthwise_workload(spec["input_shape"], dtype, spec["filter_shape"], dtype, **common)
-            elif op == "separable":
-                wl = separable_workload(spec["input_shape"], dtype, spec["filter_shape"], dtype,
-                                        spec["pointwise_shape"], dtype, **common)
-            else:
-                raise ValueError(f"`op` must be 'depthwise' or 'separable', got {op!r}")
-            wl = dataclasses.replace(wl, bias=spec.get("bias", False))  # its shape follows from the layer
+            wl = LayerArguments.from_json(row).workload()
         except KeyError as e:
             raise ValueError(f"{path}, layer {name!r}: missing field {e}") from None
         except (ValueError, TypeError) as e:

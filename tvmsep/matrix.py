@@ -10,9 +10,8 @@ float64 reference.
 
 from __future__ import annotations
 
-import dataclasses
 
-from .spec import LAYOUTS, Workload, depthwise_workload, separable_workload
+from .spec import LAYOUTS, LayerArguments, Workload
 
 __all__ = ["CASES", "case_name", "case_workload", "matrix"]
 
@@ -52,13 +51,9 @@ def case_workload(case: tuple, layout: str, dtype: str) -> Workload:
     strides = axes.strides(stride, stride)
     if isinstance(padding, list):
         padding = axes.padding(padding[1], padding[2])
-    common = dict(rate=[rate, rate], data_format=layout)
-    if outputs is None:
-        wl = depthwise_workload(shape, dtype, (3, 3, channels, mult), dtype, strides, padding, **common)
-    else:
-        wl = separable_workload(shape, dtype, (3, 3, channels, mult), dtype, (1, 1, channels * mult, outputs),
-                                dtype, strides, padding, **common)
-    return dataclasses.replace(wl, **epilogue)
+    pointwise = None if outputs is None else (1, 1, channels * mult, outputs)
+    return LayerArguments(shape, (3, 3, channels, mult), strides, padding, pointwise_shape=pointwise,
+                          rate=[rate, rate], data_format=layout, dtype=dtype, **epilogue).workload()
 
 
 def matrix() -> list[tuple[str, Workload]]:

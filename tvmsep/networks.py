@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .spec import LAYOUTS, Workload, depthwise_workload, separable_workload
+from .spec import LAYOUTS, LayerArguments, Workload
 
 __all__ = ["Layer", "NETWORKS", "network"]
 
@@ -45,16 +45,18 @@ class Layer:
     def strides(self) -> list[int]:
         return LAYOUTS[self.layout].strides(self.stride, self.stride)
 
-    def workload(self, op: str | None = None) -> Workload:
-        """op: "depthwise" or "separable" (default: separable when out_channels is set)."""
+    def arguments(self, op: str | None = None, bias: bool = False, activation: str | None = None) -> LayerArguments:
+        """The layer as the public API takes it, as `op` ("depthwise" or "separable"; default:
+        separable when out_channels is set), with the epilogue given."""
         op = op or ("separable" if self.out_channels else "depthwise")
-        rate = [self.rate, self.rate]
-        if op == "depthwise":
-            return depthwise_workload(self.input_shape, self.dtype, self.filter_shape, self.dtype,
-                                      self.strides, self.padding, rate, data_format=self.layout)
-        return separable_workload(self.input_shape, self.dtype, self.filter_shape, self.dtype,
-                                  self.pointwise_shape, self.dtype, self.strides, self.padding, rate,
-                                  data_format=self.layout)
+        return LayerArguments(self.input_shape, self.filter_shape, self.strides, self.padding,
+                              pointwise_shape=self.pointwise_shape if op == "separable" else None,
+                              rate=[self.rate, self.rate], data_format=self.layout, dtype=self.dtype, bias=bias,
+                              activation=activation)
+
+    def workload(self, op: str | None = None) -> Workload:
+        """The layer's workload as `op` (see `arguments`), without an epilogue."""
+        return self.arguments(op).workload()
 
 
 def _mobilenet_v1(batch: int = 1) -> list[Layer]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import tvm
-
 from . import build, runtime
 from .backends import backend_for
 from .cache import ModuleCache, cache_key

@@ -23,6 +23,7 @@ __all__ = [
     "Workload",
     "Layout",
     "LAYOUTS",
+    "LayerArguments",
     "SUPPORTED_DTYPES",
     "ACTIVATIONS",
     "same_padding",
@@ -421,3 +422,62 @@ def separable_workload(input_shape: Sequence[int], input_dtype: Any, depthwise_s
                    padding, rate, data_format, dilations, (pointwise_shape, pointwise_dtype), name, bias,
                    activation)
     return dataclasses.replace(wl, op="separable")
+
+
+_LAYER_FIELDS = frozenset({"name", "op", "input_shape", "filter_shape", "pointwise_shape", "strides", "padding",
+                           "rate", "data_format", "dtype", "bias", "activation"})
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerArguments:
+    """One layer as the public API takes it, in the fields of a layer file (`tvmsep compile
+    --layers`): every layer list (the network presets, the configuration matrix, `tvmsep
+    tune`'s shape flags, layer files) describes its layers so, and `workload()` is the one
+    way from a description to a Workload, through the public ops' own checks.
+
+    `pointwise_shape` makes a separable layer; `bias` says whether the layer takes one (its
+    shape follows from the layer)."""
+
+    input_shape: Sequence[int]
+    filter_shape: Sequence[int]
+    strides: Any
+    padding: Any
+    pointwise_shape: Sequence[int] | None = None
+    rate: Any = None
+    data_format: str | None = None
+    dtype: str = "float32"
+    bias: bool = False
+    activation: str | None = None
+
+    @property
+    def op(self) -> str:
+        return "depthwise" if self.pointwise_shape is None else "separable"
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> LayerArguments:
+        """A layer file's entry: these fields, plus `name` (the caller's) and `op` (default:
+        separable when `pointwise_shape` is given). KeyError names a missing field."""
+        unknown = set(row) - _LAYER_FIELDS
+        if unknown:
+            raise ValueError(f"unknown fields {sorted(unknown)}; known: {sorted(_LAYER_FIELDS)}")
+        op = row.get("op", "separable" if "pointwise_shape" in row else "depthwise")
+        if op not in OPS:
+            raise ValueError(f"`op` must be 'depthwise' or 'separable', got {op!r}")
+        return cls(input_shape=row["input_shape"], filter_shape=row["filter_shape"], strides=row["strides"],
+                   padding=row["padding"], pointwise_shape=row["pointwise_shape"] if op == "separable" else None,
+                   rate=row.get("rate"), data_format=row.get("data_format"), dtype=row.get("dtype", "float32"),
+                   bias=row.get("bias", False), activation=row.get("activation"))
+
+    def workload(self) -> Workload:
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"`bias` must be true or false (whether the layer takes one), got {self.bias!r}")
+        wl = self._workload(None)
+        return self._workload((wl.bias_shape, self.dtype)) if self.bias else wl
+
+    def _workload(self, bias: tuple[Sequence[int], Any] | None) -> Workload:
+        common = dict(rate=self.rate, data_format=self.data_format, bias=bias, activation=self.activation)
+        if self.pointwise_shape is None:
+            return depthwise_workload(self.input_shape, self.dtype, self.filter_shape, self.dtype, self.strides,
+                                      self.padding, **common)
+        return separable_workload(self.input_shape, self.dtype, self.filter_shape, self.dtype,
+                                  self.pointwise_shape, self.dtype, self.strides, self.padding, **common)

@@ -329,23 +329,65 @@ def _activation(op: str, activation: Any) -> str | None:
     return activation
 
 
-def _workload(op: str, input_shape: Sequence[int], input_dtype: Any, filter_shape: Sequence[int],
-              filter_dtype: Any, strides: Any, padding: Any, rate: Any, data_format: Any,
-              dilations: Any, pointwise: tuple[Sequence[int], Any] | None, name: Any,
-              bias: tuple[Sequence[int], Any] | None, activation: Any) -> Workload:
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"{op}: `name` must be a string or None, got {name!r}")
-    activation = _activation(op, activation)
-    layout = _data_format(op, data_format)
-    x_shape = _shape(op, "input", input_shape)
-    f_shape = _shape(op, "filter", filter_shape)
-    dtype = _dtype_name(op, "input", input_dtype)
-    dtypes = [("filter", filter_dtype)] + ([("pointwise_filter", pointwise[1])] if pointwise else []) \
+Tensor = tuple[Sequence[int], Any]  # an argument as the checks see it: (shape, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """An op's keyword arguments other than its arrays, as the public call gives them."""
+
+    strides: Any
+    padding: Any
+    rate: Any
+    name: Any
+    data_format: Any
+    dilations: Any
+    activation: Any
+
+
+def _workload(op: str, input: Tensor, filter: Tensor, pointwise: Tensor | None, bias: Tensor | None,
+              options: _Options) -> Workload:
+    """The checks of one call: name, activation and layout, the arrays' ranks and dtypes, the
+    input and filter shapes, dilation, strides and padding, the pointwise filter and bias,
+    then the sizes."""
+    if options.name is not None and not isinstance(options.name, str):
+        raise TypeError(f"{op}: `name` must be a string or None, got {options.name!r}")
+    activation = _activation(op, options.activation)
+    layout = _data_format(op, options.data_format)
+    x_shape, f_shape = _shape(op, "input", input[0]), _shape(op, "filter", filter[0])
+    dtype = _common_dtype(op, input, filter, pointwise, bias)
+    batch, height, width, channels = _input_and_filter(op, x_shape, f_shape, layout)
+    kh, kw, _, multiplier = f_shape
+    dil = _dilation(op, options.rate, options.dilations)
+    stride = _spatial_strides(op, options.strides, layout, (height, width))
+    if max(dil) > 1 and max(stride) > 1:
+        raise ValueError(f"{op}: dilation {list(dil)} > 1 requires all strides to be 1, got strides "
+                         f"{list(options.strides)}")
+    (top, bottom), (left, right) = _spatial_pads(op, options.padding, layout, (height, width), (kh, kw), stride,
+                                                 dil)
+    out_channels = _out_channels(op, channels, multiplier, pointwise, bias)
+    wl = Workload(op="depthwise" if pointwise is None else "separable", layout=layout, dtype=dtype, batch=batch,
+                  in_height=height, in_width=width, in_channels=channels, kernel_h=kh, kernel_w=kw,
+                  multiplier=multiplier, out_channels=out_channels, stride_h=stride[0], stride_w=stride[1],
+                  dilation_h=dil[0], dilation_w=dil[1], pad_top=top, pad_bottom=bottom,
+                  pad_left=left, pad_right=right, bias=bias is not None, activation=activation)
+    _check_sizes(op, wl, options.padding)
+    return wl
+
+
+def _common_dtype(op: str, input: Tensor, filter: Tensor, pointwise: Tensor | None, bias: Tensor | None) -> str:
+    """The input's dtype, which every other array must share."""
+    dtype = _dtype_name(op, "input", input[1])
+    others = [("filter", filter[1])] + ([("pointwise_filter", pointwise[1])] if pointwise else []) \
         + ([("bias", bias[1])] if bias else [])
-    for arg, other in dtypes:
+    for arg, other in others:
         if _dtype_name(op, arg, other) != dtype:
             raise TypeError(f"{op}: `{arg}` has dtype {other} but `input` has {dtype}; they must match")
+    return dtype
 
+
+def _input_and_filter(op: str, x_shape: tuple[int, ...], f_shape: tuple[int, ...], layout: str) -> tuple:
+    """(batch, height, width, channels) of an input that a depthwise filter fits."""
     batch, height, width, channels = LAYOUTS[layout].split(x_shape)
     if min(height, width, channels) < 1 or batch < 0:
         raise ValueError(f"{op}: `input` shape {x_shape} ({layout}) must have positive height, width "
@@ -357,14 +399,11 @@ def _workload(op: str, input_shape: Sequence[int], input_dtype: Any, filter_shap
     if f_channels != channels:
         raise ValueError(f"{op}: `filter` has {f_channels} input channels (shape {f_shape}) but `input` "
                          f"has {channels} (shape {x_shape}, {layout})")
+    return batch, height, width, channels
 
-    dil = _dilation(op, rate, dilations)
-    stride = _spatial_strides(op, strides, layout, (height, width))
-    if max(dil) > 1 and max(stride) > 1:
-        raise ValueError(f"{op}: dilation {list(dil)} > 1 requires all strides to be 1, got strides "
-                         f"{list(strides)}")
-    (top, bottom), (left, right) = _spatial_pads(op, padding, layout, (height, width), (kh, kw), stride, dil)
 
+def _out_channels(op: str, channels: int, multiplier: int, pointwise: Tensor | None, bias: Tensor | None) -> int:
+    """The result's channels: the depthwise's, or the pointwise filter's outputs; the bias has one per channel."""
     out_channels = channels * multiplier
     if pointwise is not None:
         p_shape = _shape(op, "pointwise_filter", pointwise[0])
@@ -376,22 +415,21 @@ def _workload(op: str, input_shape: Sequence[int], input_dtype: Any, filter_shap
     if bias is not None and _shape(op, "bias", bias[0], rank=1) != (out_channels,):
         raise ValueError(f"{op}: `bias` must have shape [{out_channels}] (one value per output channel), "
                          f"got {list(bias[0])}")
+    return out_channels
 
-    wl = Workload(op="depthwise", layout=layout, dtype=dtype, batch=batch, in_height=height, in_width=width,
-                  in_channels=channels, kernel_h=kh, kernel_w=kw, multiplier=multiplier,
-                  out_channels=out_channels, stride_h=stride[0], stride_w=stride[1],
-                  dilation_h=dil[0], dilation_w=dil[1], pad_top=top, pad_bottom=bottom,
-                  pad_left=left, pad_right=right, bias=bias is not None, activation=activation)
+
+def _check_sizes(op: str, wl: Workload, padding: Any) -> None:
+    """A result of at least one pixel, and tensors whose indices fit the generated code's int32."""
     if wl.out_height < 1 or wl.out_width < 1:
-        raise ValueError(f"{op}: the dilated filter ({(kh - 1) * dil[0] + 1}x{(kw - 1) * dil[1] + 1}) is larger "
-                         f"than the padded input ({height + top + bottom}x{width + left + right}); "
+        raise ValueError(f"{op}: the dilated filter ({(wl.kernel_h - 1) * wl.dilation_h + 1}x"
+                         f"{(wl.kernel_w - 1) * wl.dilation_w + 1}) is larger than the padded input "
+                         f"({wl.in_height + wl.pad_top + wl.pad_bottom}x{wl.in_width + wl.pad_left + wl.pad_right}); "
                          f"padding {padding!r} leaves no output")
-    sizes = [wl.input_shape, wl.output_shape, wl.mid_shape,
-             (height + top + bottom, width + left + right, channels, max(batch, 1))]
-    if any(_prod(s) > _MAX_ELEMENTS for s in sizes):
+    padded = (wl.in_height + wl.pad_top + wl.pad_bottom, wl.in_width + wl.pad_left + wl.pad_right, wl.in_channels,
+              max(wl.batch, 1))
+    if any(_prod(s) > _MAX_ELEMENTS for s in (wl.input_shape, wl.output_shape, wl.mid_shape, padded)):
         raise ValueError(f"{op}: tensors of more than {_MAX_ELEMENTS} elements are not supported "
                          f"(input {wl.input_shape}, output {wl.output_shape})")
-    return wl
 
 
 def _prod(shape: Sequence[int]) -> int:
@@ -404,24 +442,23 @@ def _prod(shape: Sequence[int]) -> int:
 def depthwise_workload(input_shape: Sequence[int], input_dtype: Any, filter_shape: Sequence[int],
                        filter_dtype: Any, strides: Any, padding: Any, rate: Any = None,
                        name: Any = None, data_format: Any = None, dilations: Any = None, *,
-                       bias: tuple[Sequence[int], Any] | None = None, activation: Any = None) -> Workload:
+                       bias: Tensor | None = None, activation: Any = None) -> Workload:
     """Validate `tf.nn.depthwise_conv2d` arguments (by shape and dtype) into a Workload;
     `bias` is the (shape, dtype) of the epilogue's bias, if any."""
-    return _workload("depthwise_conv2d", input_shape, input_dtype, filter_shape, filter_dtype, strides,
-                     padding, rate, data_format, dilations, None, name, bias, activation)
+    return _workload("depthwise_conv2d", (input_shape, input_dtype), (filter_shape, filter_dtype), None, bias,
+                     _Options(strides, padding, rate, name, data_format, dilations, activation))
 
 
 def separable_workload(input_shape: Sequence[int], input_dtype: Any, depthwise_shape: Sequence[int],
                        depthwise_dtype: Any, pointwise_shape: Sequence[int], pointwise_dtype: Any,
                        strides: Any, padding: Any, rate: Any = None, name: Any = None,
                        data_format: Any = None, dilations: Any = None, *,
-                       bias: tuple[Sequence[int], Any] | None = None, activation: Any = None) -> Workload:
+                       bias: Tensor | None = None, activation: Any = None) -> Workload:
     """Validate `tf.nn.separable_conv2d` arguments (by shape and dtype) into a Workload;
     `bias` is the (shape, dtype) of the epilogue's bias, if any."""
-    wl = _workload("separable_conv2d", input_shape, input_dtype, depthwise_shape, depthwise_dtype, strides,
-                   padding, rate, data_format, dilations, (pointwise_shape, pointwise_dtype), name, bias,
-                   activation)
-    return dataclasses.replace(wl, op="separable")
+    return _workload("separable_conv2d", (input_shape, input_dtype), (depthwise_shape, depthwise_dtype),
+                     (pointwise_shape, pointwise_dtype), bias,
+                     _Options(strides, padding, rate, name, data_format, dilations, activation))
 
 
 _LAYER_FIELDS = frozenset({"name", "op", "input_shape", "filter_shape", "pointwise_shape", "strides", "padding",
@@ -474,7 +511,7 @@ class LayerArguments:
         wl = self._workload(None)
         return self._workload((wl.bias_shape, self.dtype)) if self.bias else wl
 
-    def _workload(self, bias: tuple[Sequence[int], Any] | None) -> Workload:
+    def _workload(self, bias: Tensor | None) -> Workload:
         common = dict(rate=self.rate, data_format=self.data_format, bias=bias, activation=self.activation)
         if self.pointwise_shape is None:
             return depthwise_workload(self.input_shape, self.dtype, self.filter_shape, self.dtype, self.strides,

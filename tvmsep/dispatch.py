@@ -57,28 +57,8 @@ class Dispatcher:
 
     def __call__(self, op: str, arrays: tuple[tuple[str, Any], ...], options: tuple, target: Any,
                  out: Any) -> Any:
-        inputs, home = [], None
-        memo_key = [op]
-        for name, value in arrays:
-            # to_array's own first case, taken here: the call would cost 0.1 µs per array.
-            array, where = (value, runtime.HOST) if type(value) is np.ndarray else runtime.to_array(name, value)
-            inputs.append(array)
-            memo_key += (array.shape, array.dtype)
-            if home is None:
-                home = where  # the first array's
-        # A Target serializes slowly (15 µs); its string names it. `is None` first: isinstance costs 0.1 µs.
-        target_key = target if target is None or not isinstance(target, tvm.target.Target) else str(target)
-        serialized = _serialized((options, target_key))
-        memo_key = None if serialized is None else (*memo_key, serialized)
-        hit = None if memo_key is None else self._memo.get(memo_key)
-        if hit is None:
-            wl = _workload(op, inputs, options)
-            self._check_target(target)
-            _check_fits_in_memory(op, wl)
-            hit = (wl, self._kernel_for(wl, target) if wl.batch else _EmptyBatch(wl))
-            if memo_key is not None and len(self._memo) < _MEMO_LIMIT:
-                self._memo[memo_key] = hit
-        wl, kernel = hit
+        inputs, home, shapes = _converted(arrays)
+        wl, kernel = self._find(op, inputs, shapes, options, target)
         if out is None and home.empty is not None:
             out = home.empty(wl.output_shape, wl.dtype)  # on the caller's GPU, as the caller's type
         if out is None:
@@ -89,6 +69,24 @@ class Dispatcher:
         else:
             kernel.run(inputs, runtime.output_array(op, out, wl, inputs), home)
         return out
+
+    def _find(self, op: str, inputs: list[runtime.Array], shapes: list, options: tuple,
+              target: Any) -> tuple[Workload, Any]:
+        """(workload, kernel) of a call: from the memo when these argument values were seen,
+        else checked by spec and found by `kernel_for`, and remembered."""
+        # A Target serializes slowly (15 µs); its string names it. `is None` first: isinstance costs 0.1 µs.
+        target_key = target if target is None or not isinstance(target, tvm.target.Target) else str(target)
+        serialized = _serialized((options, target_key))
+        memo_key = None if serialized is None else (op, *shapes, serialized)
+        hit = None if memo_key is None else self._memo.get(memo_key)
+        if hit is None:
+            wl = _workload(op, inputs, options)
+            self._check_target(target)
+            _check_fits_in_memory(op, wl)
+            hit = (wl, self._kernel_for(wl, target) if wl.batch else _EmptyBatch(wl))
+            if memo_key is not None and len(self._memo) < _MEMO_LIMIT:
+                self._memo[memo_key] = hit
+        return hit
 
     def depthwise(self, input: Any, filter: Any, strides: Any, padding: Any, rate: Any, name: Any,
                   data_format: Any, dilations: Any, bias: Any, activation: Any, target: Any, out: Any) -> Any:
@@ -139,6 +137,20 @@ class Dispatcher:
             kernel.run_into(arrays, out)
             return out
         return _NOT_REMEMBERED
+
+
+def _converted(arrays: tuple[tuple[str, Any], ...]) -> tuple[list[runtime.Array], runtime.Home, list]:
+    """The named arrays as a kernel takes them, where the first one lives (its results go
+    there too), and the shape and dtype of each in turn (the memo's key)."""
+    inputs, home, shapes = [], None, []
+    for name, value in arrays:
+        # to_array's own first case, taken here: the call would cost 0.1 µs per array.
+        array, where = (value, runtime.HOST) if type(value) is np.ndarray else runtime.to_array(name, value)
+        inputs.append(array)
+        shapes += (array.shape, array.dtype)
+        if home is None:
+            home = where
+    return inputs, home, shapes
 
 
 def _serialized(value: Any) -> bytes | None:

@@ -34,16 +34,35 @@ def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: st
     target = resolve_target(target)
     path = Path(path)
     _check_replaceable(path)  # before the compile, so a wrong --out costs nothing
+    _check_names(layers)
+    entries, scheduled = _schedule_layers(layers, target, progress)
+    backend = backend_for(target)
+    progress(f"compiling {len(scheduled)} kernels for {backend.kind} in one library ...")
+    executable = build.compile_scheduled(tvm.IRModule(scheduled), target)
+    manifest = _write(path, executable, lambda sha256: Manifest(
+        format=FORMAT, tvmsep=__version__, tvm=tvm.__version__, target=str(target), target_kind=backend.kind,
+        **backend.manifest_fields(target), library=LIBRARY, sha256=sha256, kernels=tuple(entries)))
+    progress(f"wrote {path} ({(path / LIBRARY).stat().st_size / 1e6:.1f} MB library, {len(entries)} layers)")
+    return manifest
+
+
+def _check_names(layers: Sequence[tuple[str, Workload]]) -> None:
     names = [name for name, _ in layers]
     if not layers:
         raise ValueError("a bundle needs at least one layer")
     if len(set(names)) != len(names):
         raise ValueError(f"layer names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}")
+
+
+def _schedule_layers(layers: Sequence[tuple[str, Workload]], target: Any,
+                     progress: Callable[[str], None]) -> tuple[list[KernelEntry], dict[str, Any]]:
+    """Each layer's manifest entry, and each distinct workload's scheduled function, named for
+    the library: a repeated layer (MobileNetV1's 5 identical blocks) shares one function."""
     functions: dict[Workload, tuple[str, str]] = {}  # workload -> (function name, schedule)
     scheduled: dict[str, tvm.tirx.PrimFunc] = {}
     entries = []
     for i, (name, wl) in enumerate(layers, 1):
-        if wl not in functions:  # a repeated layer (MobileNetV1's 5 identical blocks) shares one function
+        if wl not in functions:
             trace = build.tuned_trace(wl, target)
             function = function_name_for(wl)
             functions[wl] = (function, "hand-written" if trace is None else "tuned")
@@ -52,10 +71,12 @@ def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: st
         function, schedule = functions[wl]
         entries.append(KernelEntry(name, function, wl, schedule))
         progress(f"[{i}/{len(layers)}] scheduled {name}: {wl.describe()} ({schedule})")
-    backend = backend_for(target)
-    progress(f"compiling {len(scheduled)} kernels for {backend.kind} in one library ...")
-    executable = build.compile_scheduled(tvm.IRModule(scheduled), target)
+    return entries, scheduled
 
+
+def _write(path: Path, executable: Any, manifest_for: Callable[[str], Manifest]) -> Manifest:
+    """Export the library and its manifest (made by `manifest_for` from the library's sha256)
+    into a staging folder beside `path`, then put it in place of what is there (`_replace`)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
@@ -63,15 +84,11 @@ def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: st
         raise ValueError(f"cannot write the bundle {path}: {e}") from e
     try:
         executable.export_library(str(staging / LIBRARY))
-        manifest = Manifest(
-            format=FORMAT, tvmsep=__version__, tvm=tvm.__version__, target=str(target),
-            target_kind=backend.kind, **backend.manifest_fields(target), library=LIBRARY,
-            sha256=file_sha256(staging / LIBRARY), kernels=tuple(entries))
+        manifest = manifest_for(file_sha256(staging / LIBRARY))
         (staging / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1) + "\n")
         _replace(path, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    progress(f"wrote {path} ({(path / LIBRARY).stat().st_size / 1e6:.1f} MB library, {len(entries)} layers)")
     return manifest
 
 

@@ -3,6 +3,7 @@
 import os
 import re
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 import tvmsep
 from tvmsep import ops, runtime
+from tvmsep.cache import CacheWarning
 from tvmsep.networks import network
 from tvmsep.reference import depthwise_reference, reference_for, separable_reference
 from tvmsep.spec import depthwise_workload, separable_workload
@@ -303,6 +305,25 @@ def test_threads_share_kernels_safely(rng):
     for t in threads:
         t.join()
     assert not errors, errors[0]
+
+
+def test_threads_asking_for_one_new_kernel_compile_it_once(tmp_path, monkeypatch):
+    """With no disk cache to wait on, threads that ask for the same kernel at once still get
+    it compiled once: the others wait for it in the ops' kernel memo."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("TVMSEP_CACHE_DIR", str(blocker / "cache"))
+    wl = depthwise_workload((1, 9, 11, 13), "float32", (3, 3, 13, 1), "float32", [1, 1, 1, 1], "VALID")
+    builds, kernels = ops.module_cache.builds, []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheWarning)  # the disk cache is off: that is the point
+        threads = [threading.Thread(target=lambda: kernels.append(ops.get_kernel(wl))) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(kernels) == 4 and all(k is kernels[0] for k in kernels)
+    assert ops.module_cache.builds - builds == 1
 
 
 def test_matches_tensorflow_to_the_index(rng):

@@ -123,16 +123,15 @@ def test_compiling_uses_the_verdict(tuned_log, monkeypatch, rng):
     verdict = Verdict.from_json(json.loads(_lines(folder / VERDICT_FILE)[-1]))
     trace = plain_json(best.trace.as_json(remove_postproc=False))
     log.commit_verdict(dataclasses.replace(verdict, use="hand", trace=trace))
-    build._verdicts.cache_clear()
+    build.forget_verdicts()
     assert _quiet_tuned_trace(wl) is None
     # Found by the workload's structural hash alone: the description is for people.
     log.commit_verdict(dataclasses.replace(verdict, use="tuned", trace=trace, describe="reworded"))
-    build._verdicts.cache_clear()
+    build.forget_verdicts()
     assert _quiet_tuned_trace(wl) == trace
     key_tuned = cache_key(wl, host_target(), build.tuned_trace(wl, host_target()))
     assert key_tuned != cache_key(wl, host_target())
-    ops._kernels.clear()
-    ops._call.clear()
+    ops.forget_kernels()
     x = rng.standard_normal(wl.input_shape, dtype=np.float32)
     f = rng.standard_normal(wl.filter_shape, dtype=np.float32)
     out = np.full(wl.output_shape, np.nan, np.float32)
@@ -146,9 +145,7 @@ def test_compiling_uses_the_verdict(tuned_log, monkeypatch, rng):
     out = np.full(wl.output_shape, np.nan, np.float32)
     tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", bias=bias, activation="relu6", out=out)
     assert_close(out, depthwise_reference(x, f, with_epilogue, bias), "float32")
-    ops._kernels.clear()
-    ops._call.clear()
-    build._verdicts.cache_clear()
+    ops.forget_kernels()
 
 
 def test_an_epilogue_follows_a_verdict_from_the_generic_space(tuned_log, monkeypatch, rng):
@@ -166,9 +163,7 @@ def test_an_epilogue_follows_a_verdict_from_the_generic_space(tuned_log, monkeyp
     verdict = Verdict.from_json(json.loads(_lines(folder / VERDICT_FILE)[-1]))
     generic_trace = plain_json(best.trace.as_json(remove_postproc=False))
     log.commit_verdict(dataclasses.replace(verdict, use="tuned", trace=generic_trace))
-    build._verdicts.cache_clear()
-    ops._kernels.clear()
-    ops._call.clear()
+    ops.forget_kernels()
     try:
         with_epilogue = dataclasses.replace(wl, bias=True, activation="relu6")
         trace = _quiet_tuned_trace(with_epilogue)
@@ -187,9 +182,7 @@ def test_an_epilogue_follows_a_verdict_from_the_generic_space(tuned_log, monkeyp
         tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", bias=bias, activation="relu6", out=out)
         assert_close(out, depthwise_reference(x, f, with_epilogue, bias), "float32")
     finally:
-        build._verdicts.cache_clear()
-        ops._kernels.clear()
-        ops._call.clear()
+        ops.forget_kernels()
 
 
 def test_each_design_space_is_measured_at_the_hand_written_sizes_once(tmp_path):
@@ -363,9 +356,7 @@ def test_tuning_records_that_do_not_fit_fall_back_to_hand_written(tmp_path, monk
             verdict = {"workload": module_hash(build.workload_module(wl)), "describe": wl.describe(), **choice}
             f.write(json.dumps(verdict) + "\n")
     monkeypatch.setenv("TVMSEP_TUNING_DIR", str(tmp_path))
-    build._verdicts.cache_clear()
-    ops._kernels.clear()
-    ops._call.clear()
+    ops.forget_kernels()
     try:
         for wl, why in zip(workloads, ("names no schedule", "names no schedule", "does not apply")):
             x = rng.standard_normal(wl.input_shape, dtype=np.float32)
@@ -374,9 +365,7 @@ def test_tuning_records_that_do_not_fit_fall_back_to_hand_written(tmp_path, monk
                 y = tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME")
             assert_close(y, depthwise_reference(x, f, wl), "float32")
     finally:
-        build._verdicts.cache_clear()
-        ops._kernels.clear()
-        ops._call.clear()
+        ops.forget_kernels()
 
 
 def test_a_tuning_folder_others_can_write_is_not_used(tmp_path, monkeypatch):

@@ -172,8 +172,13 @@ def _fuse_epilogue(sch: s_tir.Schedule, wl: Workload) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _verdicts(folder: Path) -> dict[str, Verdict]:
-    """A folder's verdicts by structural hash, read once per process."""
+    """A folder's verdicts by structural hash, read once per process (`forget_verdicts`)."""
     return read_verdicts(folder)
+
+
+def forget_verdicts() -> None:
+    """Read the tuning verdicts afresh when next asked: a job has written new ones."""
+    _verdicts.cache_clear()
 
 
 def hand_schedule(wl: Workload, target: Target, mod: tvm.IRModule | None = None) -> s_tir.Schedule:

@@ -1,4 +1,4 @@
-"""Compiled modules, on disk and in memory.
+"""Compiled modules on disk.
 
 Disk layout, one entry per key (a sha256 of everything that changes the
 generated code):
@@ -12,8 +12,8 @@ twice at once. A library whose checksum does not match is never loaded:
 it is rebuilt, with a warning. Entries are never followed through a link: a
 linked library is rebuilt in place of the link, and a linked lock replaced. A
 cache directory that cannot be created or written, or that other users can
-write to, turns the disk cache off (with a warning); the in-memory cache
-still works.
+write to, turns the disk cache off (with a warning): kernels are then
+compiled in each process, and kept in its memory by the ops.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import json
 import os
 import re
 import stat
-import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -69,13 +68,11 @@ def cache_key(wl: Workload, target: tvm.target.Target, trace: Any = None) -> str
 
 
 class ModuleCache:
-    """Loads compiled modules by key: memory, then disk, then `build()`."""
+    """Loads compiled modules by key from disk, or `build()`s and stores them. It keeps no
+    module in memory: the ops keep each kernel they found (`ops._KernelMemo`)."""
 
     def __init__(self, directory: Path | None = None) -> None:
         self._directory = directory
-        self._memory: dict[str, tvm.runtime.Module] = {}
-        self._lock = threading.Lock()
-        self._key_locks: dict[str, threading.Lock] = {}
         self.builds = 0  # modules compiled by this process (tests read it)
 
     @property
@@ -83,21 +80,8 @@ class ModuleCache:
         return self._directory if self._directory is not None else cache_dir()
 
     def get(self, key: str, build: Callable[[], tvm.runtime.Module]) -> tuple[tvm.runtime.Module, str]:
-        """(module, how): how is "memory", "disk" or "compiled"."""
-        module = self._memory.get(key)
-        if module is not None:
-            return module, "memory"
-        with self._lock:
-            key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:  # one thread per key compiles; the others wait and reuse
-            module = self._memory.get(key)
-            if module is not None:
-                return module, "memory"
-            module, how = self._load_or_build(key, build)
-            self._memory[key] = module
-            return module, how
-
-    def _load_or_build(self, key: str, build: Callable[[], tvm.runtime.Module]) -> tuple[tvm.runtime.Module, str]:
+        """(module, how): how is "disk" or "compiled". Processes and threads wait on the
+        entry's lock, so one of them compiles and the others load what it wrote."""
         directory = self._usable_directory()
         if directory is None:
             return self._compile(build).jit(), "compiled"

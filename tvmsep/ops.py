@@ -17,11 +17,37 @@ from .dispatch import Dispatcher
 from .spec import Workload
 from .target import resolve_target
 
-__all__ = ["depthwise_conv2d", "separable_conv2d", "get_kernel", "module_cache"]
+__all__ = ["depthwise_conv2d", "separable_conv2d", "get_kernel", "forget_kernels", "module_cache"]
 
 module_cache = ModuleCache()
-_kernels: dict[tuple[Workload, str], runtime.Kernel] = {}
-_kernels_lock = threading.Lock()
+
+
+class _KernelMemo:
+    """The process's one memory of kernels, by (workload, target): each is found once (from
+    the disk cache, or compiled) by one thread, while others asking for it wait."""
+
+    def __init__(self) -> None:
+        self._kernels: dict[tuple[Workload, str], runtime.Kernel] = {}
+        self._lock = threading.Lock()
+        self._finding: dict[tuple[Workload, str], threading.Lock] = {}
+
+    def get(self, index: tuple[Workload, str], find: Any) -> runtime.Kernel:
+        kernel = self._kernels.get(index)
+        if kernel is not None:
+            return kernel
+        with self._lock:
+            finding = self._finding.setdefault(index, threading.Lock())
+        with finding:
+            kernel = self._kernels.get(index)
+            if kernel is None:
+                kernel = self._kernels[index] = find()
+            return kernel
+
+    def clear(self) -> None:
+        self._kernels.clear()
+
+
+_kernels = _KernelMemo()
 
 
 def get_kernel(wl: Workload, target: Any = None) -> runtime.Kernel:
@@ -31,16 +57,22 @@ def get_kernel(wl: Workload, target: Any = None) -> runtime.Kernel:
     unavailable = backend.unavailable()
     if unavailable:
         raise RuntimeError(unavailable)
-    index = (wl, str(target))
-    kernel = _kernels.get(index)
-    if kernel is not None:
-        return kernel
-    trace = build.tuned_trace(wl, target)
-    key = cache_key(wl, target, trace)
-    module, origin = module_cache.get(key, lambda: build.compile_module(wl, target, trace))
-    kernel = runtime.Kernel(wl, module["main"], origin, backend.device())
-    with _kernels_lock:
-        return _kernels.setdefault(index, kernel)
+
+    def find() -> runtime.Kernel:
+        trace = build.tuned_trace(wl, target)
+        module, origin = module_cache.get(cache_key(wl, target, trace),
+                                          lambda: build.compile_module(wl, target, trace))
+        return runtime.Kernel(wl, module["main"], origin, backend.device())
+
+    return _kernels.get((wl, str(target)), find)
+
+
+def forget_kernels() -> None:
+    """Forget every kernel this process found and what found them (the calls' memo, the tuning
+    verdicts read), so the next call finds its kernel afresh: after the tuning logs changed."""
+    _kernels.clear()
+    _call.clear()
+    build.forget_verdicts()
 
 
 _call = Dispatcher(get_kernel, resolve_target)

@@ -202,7 +202,7 @@ class Kernel:
     def __init__(self, workload: Workload, function: Any, origin: str,
                  device: tvm_ffi.Device | None = None) -> None:
         self.workload = workload
-        self.origin = origin  # "compiled", "disk", "memory" or "bundle": where the module came from
+        self.origin = origin  # "compiled", "disk" or "bundle": where the module came from
         self.device = device if device is not None else tvm.cpu()
         self._function = function
         self._on_gpu = self.device.dlpack_device_type() == CUDA

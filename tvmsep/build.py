@@ -2,7 +2,7 @@
 
 Steps: the TE definition (compute), then the schedule a tuning job chose
 (a verdict in the tuning logs) or else the hand-written schedule for the
-target kind (schedules), then TVM's compiler. The compiled function is
+target family (backends, schedules), then TVM's compiler. The compiled function is
 named `main` and takes the inputs in call order, then the output.
 """
 

@@ -96,6 +96,7 @@ import tvm
 from tvm import s_tir
 from tvm.target import Target
 
+from tvmsep.backends import BACKENDS
 from tvmsep.spec import Workload
 
 from .common import accumulator, explicit_store, has_block, loop_depth, store_once
@@ -114,11 +115,10 @@ GEMM_ROWS = 8
 GEMM_VECTORS = 2
 # Waking the thread pool costs ~5 us; below this much work one core is faster.
 PARALLEL_MIN_FLOPS = 500_000
-# When one core's share of a separable's intermediate is larger than this (an L2
-# on recent x86 cores holds 1-2 MiB), its GEMM would read it back from L3 once per
-# panel: the depthwise is computed chunk by chunk instead, each chunk's result at
-# most CHUNK_BYTES, right before the GEMM reads it (module docstring).
-INTERMEDIATE_CORE_BYTES = 1 << 20
+# When one core's share of a separable's intermediate is larger than its L2
+# (`Backend.core_cache_bytes`), its GEMM would read it back from L3 once per panel:
+# the depthwise is computed chunk by chunk instead, each chunk's result at most
+# CHUNK_BYTES, right before the GEMM reads it (module docstring).
 CHUNK_BYTES = 256 << 10
 # Weight rows a multiple of this many bytes apart crowd a panel into few cache sets;
 # rows a page or more apart leave the prefetchers behind (`_packs_panels`).
@@ -128,19 +128,8 @@ PAGE_BYTES = 4096
 
 def vector_lanes(target: Target, dtype: str) -> int:
     """SIMD lanes for `dtype` on the target's widest vector unit (fp16 computes in fp32)."""
-    mcpu = str(target.attrs.get("mcpu", ""))
-    features = " ".join(str(a) for a in target.attrs.get("mattr", []))
-    wide = "avx512" in features or mcpu in _AVX512_CPUS or mcpu.startswith(("znver4", "znver5"))
-    bits = 512 if wide else 256 if (mcpu or "avx2" in features) else 128
     element = 64 if dtype == "float64" else 32
-    return bits // element
-
-
-_AVX512_CPUS = {
-    "skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client", "icelake-server",
-    "tigerlake", "sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d", "rocketlake",
-    "x86-64-v4",
-}
+    return BACKENDS["llvm"].vector_bits(target) // element
 
 
 def _factor(extent: int, preferred: int) -> int:
@@ -230,14 +219,14 @@ def _schedule_chunked(sch: s_tir.Schedule, wl: Workload, target: Target, rows: i
 
 def _chunk_rows(wl: Workload, target: Target, lanes: int) -> int:
     """Output rows per chunk when the hand-written NHWC separable computes its
-    depthwise chunk by chunk (`INTERMEDIATE_CORE_BYTES`), else 0. Chunks stay
+    depthwise chunk by chunk (one core's share of it exceeds its L2), else 0. Chunks stay
     inside one image (a divisor of the height) and split evenly over the cores;
     the largest that fits `CHUNK_BYTES`, as fewer chunks re-read the weights less."""
     if wl.op != "separable" or wl.layout != "NHWC" or not _parallel(wl, target):
         return 0
     row_bytes = wl.out_width * wl.mid_channels * tvm.DataType(wl.dtype).bits // 8
     rows, cores = wl.batch * wl.out_height, _cores(target)
-    if rows * row_bytes <= cores * INTERMEDIATE_CORE_BYTES or _pads_gemm(wl, lanes):
+    if rows * row_bytes <= cores * BACKENDS["llvm"].core_cache_bytes(target) or _pads_gemm(wl, lanes):
         return 0  # a padded GEMM keeps its two stages
     fitting = [r for r in range(2, wl.out_height + 1)
                if wl.out_height % r == 0 and r * row_bytes <= CHUNK_BYTES and (rows // r) % cores == 0]

@@ -117,7 +117,7 @@ def test_fused_space_keeps_only_one_row_of_the_intermediate():
 
 
 def test_an_intermediate_too_large_for_l2_is_computed_chunk_by_chunk():
-    """Past a core's L2 share (llvm.INTERMEDIATE_CORE_BYTES) the hand-written separable
+    """Past a core's L2 share (`Backend.core_cache_bytes`) the hand-written separable
     computes the depthwise per chunk of whole rows of one image, inside the GEMM's
     parallel loop; below it, as a whole stage."""
     lanes = llvm.vector_lanes(STRUCTURE, "float32")

@@ -1,7 +1,8 @@
 """Target families: what tvmsep does differently for a CPU (llvm) and a CUDA GPU.
 
 Each family is one `Backend`; the rest of tvmsep asks it and never tests a
-target's kind itself. A backend holds the family's hand-written schedules, the
+target's kind itself. A backend holds the family's hand-written schedules (and,
+for the CPU, the vector width and the per-core cache they are blocked for), the
 device its kernels run on, the name its tuning logs are filed under, what a
 bundle's manifest records about the code and how a loader checks that record
 against this machine. Bundles are loaded with the TVM runtime alone, so only
@@ -61,6 +62,13 @@ _CPU_FLAGS = {"sse4.1": "sse4_1", "sse4.2": "sse4_2", "avx": "avx", "avx2": "avx
               "avx512vnni": "avx512_vnni", "avxvnni": "avx_vnni"}
 
 
+_AVX512_CPUS = {
+    "skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client", "icelake-server",
+    "tigerlake", "sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d", "rocketlake",
+    "x86-64-v4",
+}
+
+
 class CPU(Backend):
     """The host's or another CPU, through LLVM. A bundle records the instruction sets the
     target's CPU has (the code may use any of them) under /proc/cpuinfo's names, and is
@@ -75,6 +83,19 @@ class CPU(Backend):
 
     def chip(self, target: Any) -> str:
         return str(target.attrs.get("mcpu", ""))
+
+    def vector_bits(self, target: Any) -> int:
+        """The width of the target's widest vector registers, which the schedules fill."""
+        mcpu = self.chip(target)
+        features = " ".join(str(a) for a in target.attrs.get("mattr", []))
+        if "avx512" in features or mcpu in _AVX512_CPUS or mcpu.startswith(("znver4", "znver5")):
+            return 512
+        return 256 if (mcpu or "avx2" in features) else 128
+
+    def core_cache_bytes(self, target: Any) -> int:
+        """The cache a core keeps its working set in, its L2: 1-2 MiB on recent x86 cores,
+        so the smaller, for the schedules to fit a core's share of an intermediate in."""
+        return 1 << 20
 
     def manifest_fields(self, target: Any) -> dict[str, Any]:
         from tvm.target import codegen

@@ -1,6 +1,8 @@
 """The CPU tuning spaces: every design space a tuning job searches computes
 TF's result, at the hand-written sizes and at sizes the search samples."""
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -27,6 +29,11 @@ def _cpu(cores: int) -> tvm.target.Target:
 
 
 STRUCTURE = _cpu(2)
+
+
+def _spaces(wl):
+    return llvm.design_spaces(s_tir.Schedule(build.workload_module(wl)), wl, TARGET)
+
 # Every NHWC configuration of the matrix that has more than one space (epilogues included), plus
 # float64 (half the lanes), a pointwise whose per-core row chunks end mid-image (3 x 6 rows), one
 # whose rows do not split evenly over the cores (7), one whose pointwise is padded (a width of 11 and
@@ -67,14 +74,10 @@ SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.
      separable_workload((1, 12, 12, 40), "float32", (3, 3, 40, 1), "float32", (1, 1, 40, 24), "float32",
                         [1, 1, 1, 1], "SAME"))]
 ROW_BLOCKED = [(name, wl) for name, wl in matrix()
-               if wl.op == "depthwise" and wl.layout == "NHWC" and llvm._row_blocks(wl, TARGET)] + [
+               if wl.op == "depthwise" and wl.layout == "NHWC" and len(_spaces(wl)) == 2] + [
     ("b2-12x6x2-s1-SAME-r2-bias-relu6-NHWC-float32",
      depthwise_workload((2, 12, 12, 6), "float32", (3, 3, 6, 2), "float32", [1, 1, 1, 1], "SAME", rate=[2, 2],
                         bias=((12,), "float32"), activation="relu6"))]
-
-
-def _spaces(wl):
-    return llvm.design_spaces(s_tir.Schedule(build.workload_module(wl)), wl, TARGET)
 
 
 def _check(sch, wl, rng):
@@ -107,6 +110,12 @@ def _intermediate_allocation(mod) -> str:
     return lower(mod).script()
 
 
+def _allocations(mod) -> dict[str, tuple[int, ...]]:
+    """The shape of each buffer `mod` allocates, once allocated where used and as small as its uses."""
+    return {name: tuple(int(d) for d in shape.split(",") if d.strip())
+            for name, shape in re.findall(r"(\w+) = T\.sblock_alloc_buffer\(\(([\d, ]*)\)", _intermediate_allocation(mod))}
+
+
 def test_fused_space_keeps_only_one_row_of_the_intermediate():
     """The point of fusing: the depthwise result lives in a one-row buffer."""
     wl = SEPARABLE[0][1]
@@ -120,15 +129,14 @@ def test_an_intermediate_too_large_for_l2_is_computed_chunk_by_chunk():
     """Past a core's L2 share (`Backend.core_cache_bytes`) the hand-written separable
     computes the depthwise per chunk of whole rows of one image, inside the GEMM's
     parallel loop; below it, as a whole stage."""
-    lanes = llvm.vector_lanes(STRUCTURE, "float32")
     large = dict(SEPARABLE)["b8-28x48x2-s1-SAME-o32-bias-relu6-NHWC-float32"]
-    rows = llvm._chunk_rows(large, STRUCTURE, lanes)
-    assert rows >= 2 and large.out_height % rows == 0, rows
-    assert rows * large.out_width * large.mid_channels * 4 <= llvm.CHUNK_BYTES
-    text = _intermediate_allocation(build.hand_schedule(large, STRUCTURE).mod)
-    assert f"depthwise = T.sblock_alloc_buffer((1, {rows}, {large.out_width}, {large.mid_channels})" in text, text
+    batch, rows, width, channels = _allocations(build.hand_schedule(large, STRUCTURE).mod)["depthwise"]
+    assert (batch, width, channels) == (1, large.out_width, large.mid_channels)
+    assert 2 <= rows < large.out_height and large.out_height % rows == 0, "chunks of whole rows of one image"
+    assert rows * width * channels * 4 <= llvm.CHUNK_BYTES
     small = dict(SEPARABLE)["b3-6x12x64x1-s1-SAME-o64-NHWC-float32"]
-    assert llvm._chunk_rows(small, STRUCTURE, lanes) == 0
+    assert _allocations(build.hand_schedule(small, STRUCTURE).mod)["depthwise"] == \
+        (small.batch, small.out_height, small.out_width, small.mid_channels), "one whole stage"
 
 
 def test_other_layouts_and_shapes_have_one_space():
@@ -163,15 +171,16 @@ def test_pointwise_tails_are_padded_out_of_the_gemm_loop():
     """A width with no good row block (11) and channels that are not whole
     vector registers (72) pad the GEMM's domain: no bounds test in its inner
     loop, full-register vectors. Shapes that fit are not padded."""
-    lanes = llvm.vector_lanes(STRUCTURE, "float32")
     padded = dict(SEPARABLE)["b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32"]
-    assert llvm._gemm_padding(padded, lanes) == (6, 16), "11 -> 12 in blocks of 6, 72 -> 80 channels"
+    assert _allocations(build.hand_schedule(padded, STRUCTURE).mod)["pointwise_pad_local"] == (1, 1, 6, 16), \
+        "11 -> 12 wide in tiles of 6, 72 -> 80 channels in vectors of 16"
     before, update = build.hand_schedule(padded, STRUCTURE).mod.script().split('T.sblock("pointwise_update")')
     assert "T.where" not in update.split("T.sblock(")[0], update
     assert "T.vectorized(16)" in before.rsplit("for c in", 1)[1], "one vector of 16 channels per row"
     fits = dict(SEPARABLE)["b3-6x12x64x1-s1-SAME-o64-NHWC-float32"]
-    assert llvm._gemm_padding(fits, lanes) == (6, 1), "12 wide in rows of 6, 64 channels"
     assert "pad_einsum" not in str(build.hand_schedule(fits, STRUCTURE).trace)
+    assert not {"pointwise_pad", "pointwise_pad_local", "pointwise_filter_pad"} & \
+        set(_allocations(build.hand_schedule(fits, STRUCTURE).mod)), "12 wide in rows of 6, 64 channels: no padding"
 
 
 def _packed_weights(wl) -> bool:

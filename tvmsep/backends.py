@@ -3,9 +3,9 @@
 Each family is one `Backend`; the rest of tvmsep asks it and never tests a
 target's kind itself. A backend holds the family's hand-written schedules (and,
 for the CPU, the vector width and the per-core cache they are blocked for), the
-device its kernels run on, the name its tuning logs are filed under, what a
-bundle's manifest records about the code and how a loader checks that record
-against this machine. Bundles are loaded with the TVM runtime alone, so only
+device its kernels run on, how a bundle's library is linked, the name its
+tuning logs are filed under, what a bundle's manifest records about the code
+and how a loader checks that record against this machine. Bundles are loaded with the TVM runtime alone, so only
 `schedules` may import TVM's compiler, and only when called.
 """
 
@@ -36,6 +36,12 @@ class Backend(abc.ABC):
     def unavailable(self) -> str | None:
         """Why this machine cannot run the family's kernels, or None when it can."""
         return None
+
+    def export(self, executable: Any, path: str) -> None:
+        """Link a compiled `executable` into the shared library at `path`: with TVM's default,
+        this machine's C++ compiler, which links code for the machine it runs on (its CPU, and
+        the host side of its GPU kernels)."""
+        executable.export_library(path)
 
     @abc.abstractmethod
     def chip(self, target: Any) -> str:

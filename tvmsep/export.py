@@ -39,7 +39,7 @@ def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: st
     backend = backend_for(target)
     progress(f"compiling {len(scheduled)} kernels for {backend.kind} in one library ...")
     executable = build.compile_scheduled(tvm.IRModule(scheduled), target)
-    manifest = _write(path, executable, lambda sha256: Manifest(
+    manifest = _write(path, lambda library: backend.export(executable, library), lambda sha256: Manifest(
         format=FORMAT, tvmsep=__version__, tvm=tvm.__version__, target=str(target), target_kind=backend.kind,
         **backend.manifest_fields(target), library=LIBRARY, sha256=sha256, kernels=tuple(entries)))
     progress(f"wrote {path} ({(path / LIBRARY).stat().st_size / 1e6:.1f} MB library, {len(entries)} layers)")
@@ -74,16 +74,17 @@ def _schedule_layers(layers: Sequence[tuple[str, Workload]], target: Any,
     return entries, scheduled
 
 
-def _write(path: Path, executable: Any, manifest_for: Callable[[str], Manifest]) -> Manifest:
-    """Export the library and its manifest (made by `manifest_for` from the library's sha256)
-    into a staging folder beside `path`, then put it in place of what is there (`_replace`)."""
+def _write(path: Path, export: Callable[[str], None], manifest_for: Callable[[str], Manifest]) -> Manifest:
+    """Write the library (`export` to a path) and its manifest (made by `manifest_for` from the
+    library's sha256) into a staging folder beside `path`, then put it in place of what is
+    there (`_replace`)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     except OSError as e:
         raise ValueError(f"cannot write the bundle {path}: {e}") from e
     try:
-        executable.export_library(str(staging / LIBRARY))
+        export(str(staging / LIBRARY))
         manifest = manifest_for(file_sha256(staging / LIBRARY))
         (staging / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1) + "\n")
         _replace(path, staging)

@@ -112,8 +112,9 @@ def _intermediate_allocation(mod) -> str:
 
 def _allocations(mod) -> dict[str, tuple[int, ...]]:
     """The shape of each buffer `mod` allocates, once allocated where used and as small as its uses."""
+    text = _intermediate_allocation(mod)
     return {name: tuple(int(d) for d in shape.split(",") if d.strip())
-            for name, shape in re.findall(r"(\w+) = T\.sblock_alloc_buffer\(\(([\d, ]*)\)", _intermediate_allocation(mod))}
+            for name, shape in re.findall(r"(\w+) = T\.sblock_alloc_buffer\(\(([\d, ]*)\)", text)}
 
 
 def test_fused_space_keeps_only_one_row_of_the_intermediate():

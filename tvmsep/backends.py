@@ -5,8 +5,9 @@ target's kind itself. A backend holds the family's hand-written schedules (and,
 for the CPU, the vector width and the per-core cache they are blocked for), the
 device its kernels run on, how a bundle's library is linked, the name its
 tuning logs are filed under, what a bundle's manifest records about the code
-and how a loader checks that record against this machine. Bundles are loaded with the TVM runtime alone, so only
-`schedules` may import TVM's compiler, and only when called.
+and how a loader checks that record against this machine. Bundles are loaded
+with the TVM runtime alone, so only `schedules` and `manifest_fields` (which
+run when compiling) may import TVM's compiler, and only when called.
 """
 
 from __future__ import annotations

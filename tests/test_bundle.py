@@ -216,8 +216,8 @@ def test_a_bundle_for_a_cpu_with_other_instructions_is_refused(tmp_path):
     """Compiled for a CPU with instructions this one lacks, a bundle is refused, naming them.
     Where every CPU LLVM knows has only instructions this host has, the bundle compiled for a
     newer CPU says in its manifest that it needs one this host lacks."""
-    from tvmsep.backends import BACKENDS, host_cpu_flags
-    host = host_cpu_flags()
+    from tvmsep.backends import BACKENDS, host_cpu_features
+    host = host_cpu_features()
     if host is None:
         pytest.skip("this machine's CPU flags cannot be read")
     layer = network("mobilenet_v1")[2]

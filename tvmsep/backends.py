@@ -13,12 +13,15 @@ run when compiling) may import TVM's compiler, and only when called.
 from __future__ import annotations
 
 import abc
+import platform
+import shutil
 from types import ModuleType
-from typing import Any
+from typing import Any, Sequence
 
 import tvm
 
-__all__ = ["Backend", "backend_for", "backend_named", "BACKENDS"]
+__all__ = ["Backend", "CPUArchitecture", "backend_for", "backend_named", "host_architecture", "host_cpu_features",
+           "ARCHITECTURES", "BACKENDS"]
 
 
 class Backend(abc.ABC):
@@ -34,15 +37,25 @@ class Backend(abc.ABC):
     def device(self) -> Any:
         return tvm.device(self.device_type, 0)
 
-    def unavailable(self) -> str | None:
-        """Why this machine cannot run the family's kernels, or None when it can."""
+    def unavailable(self, target: Any) -> str | None:
+        """Why this machine cannot run kernels compiled for `target`, or None when it can."""
         return None
 
-    def export(self, executable: Any, path: str) -> None:
-        """Link a compiled `executable` into the shared library at `path`: with TVM's default,
-        this machine's C++ compiler, which links code for the machine it runs on (its CPU, and
-        the host side of its GPU kernels)."""
-        executable.export_library(path)
+    def export(self, executable: Any, path: str, target: Any, compiler: str | None = None) -> None:
+        """Link a compiled `executable` into the shared library at `path`: with `compiler` (a C++
+        compiler's command) where given, else with TVM's default, this machine's C++ compiler,
+        which links code for the machine it runs on (its CPU, and the host side of its GPU
+        kernels)."""
+        if compiler is None:
+            executable.export_library(path)
+            return
+        from tvm.support import cc
+        try:
+            executable.export_library(path, fcompile=cc.cross_compiler(compiler))
+        except RuntimeError as e:
+            detail = str(e).strip().splitlines()
+            raise ValueError(f"{compiler} could not link the code for {target}: "
+                             f"{detail[-1] if detail else type(e).__name__}") from e
 
     @abc.abstractmethod
     def chip(self, target: Any) -> str:
@@ -62,11 +75,29 @@ class Backend(abc.ABC):
         """Why a bundle with this manifest cannot run here, or None when it can."""
 
 
-# LLVM's names for the instruction sets tvmsep's CPU code may use -> Linux's /proc/cpuinfo flags.
-_CPU_FLAGS = {"sse4.1": "sse4_1", "sse4.2": "sse4_2", "avx": "avx", "avx2": "avx2", "fma": "fma", "f16c": "f16c",
-              "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512dq": "avx512dq", "avx512vl": "avx512vl",
-              "avx512cd": "avx512cd", "avx512bf16": "avx512_bf16", "avx512fp16": "avx512_fp16",
-              "avx512vnni": "avx512_vnni", "avxvnni": "avx_vnni"}
+class CPUArchitecture:
+    """What differs between CPU instruction-set architectures: the width of the vector registers
+    the schedules fill, the instruction-set features a bundle records (LLVM's names -> the names
+    Linux gives them, the only ones a loader without LLVM can check), how this machine's
+    features are read, and the Debian package of the C++ cross compiler that links for it."""
+
+    def __init__(self, name: str, features: dict[str, tuple[str, ...]], cross_package: str) -> None:
+        self.name = name  # Linux's name for it, as `uname -m` prints it
+        self.features = features
+        self.cross_package = cross_package
+
+    def vector_bits(self, mcpu: str, llvm_features: set[str]) -> int:
+        """The width of the target's widest vector registers."""
+        raise NotImplementedError
+
+    def host_features(self) -> set[str] | None:
+        """This CPU's features under Linux's names; None where they cannot be read."""
+        raise NotImplementedError
+
+    def recorded_features(self, llvm_features: set[str]) -> tuple[str, ...]:
+        """The features of `llvm_features` a bundle records, under Linux's names."""
+        return tuple(sorted({linux for llvm, names in self.features.items() if llvm in llvm_features
+                             for linux in names}))
 
 
 _AVX512_CPUS = {
@@ -76,13 +107,106 @@ _AVX512_CPUS = {
 }
 
 
+class X86_64(CPUArchitecture):
+    """x86-64: 128-bit SSE, 256-bit AVX2 on any CPU a target names, 512-bit AVX-512 on those that
+    have it. Linux lists the features in /proc/cpuinfo's `flags` line."""
+
+    def vector_bits(self, mcpu: str, llvm_features: set[str]) -> int:
+        if "avx512f" in llvm_features or mcpu in _AVX512_CPUS or mcpu.startswith(("znver4", "znver5")):
+            return 512
+        return 256 if (mcpu or "avx2" in llvm_features) else 128
+
+    def host_features(self) -> set[str] | None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                line = next(line for line in f if line.startswith("flags"))
+        except (OSError, StopIteration):
+            return None
+        return set(line.split(":", 1)[1].split())
+
+
+# The bits of Linux's AT_HWCAP and AT_HWCAP2 on aarch64 (asm/hwcap.h) that name the features
+# tvmsep's code may use, by the names /proc/cpuinfo's `Features` line gives them.
+_AARCH64_HWCAP = {"fp": 0, "asimd": 1, "atomics": 8, "fphp": 9, "asimdhp": 10, "asimdrdm": 12,
+                  "asimddp": 20, "sve": 22, "asimdfhm": 23}
+_AARCH64_HWCAP2 = {"sve2": 1, "i8mm": 13, "bf16": 14}
+
+
+class AArch64(CPUArchitecture):
+    """64-bit ARM: 32 NEON registers of 128 bits. SVE's registers may be wider, but LLVM fills
+    them only through scalable vectors, which tvmsep's fixed-width schedules do not emit, and
+    the SVE cores boards use (Neoverse N2, Cortex-A710 and later) have 128-bit ones anyway.
+    The kernel reports features in the auxiliary vector (AT_HWCAP, AT_HWCAP2), which is read
+    rather than /proc/cpuinfo: an emulator such as qemu-user emulates the one and not the other."""
+
+    def vector_bits(self, mcpu: str, llvm_features: set[str]) -> int:
+        return 128
+
+    def host_features(self) -> set[str] | None:
+        import ctypes
+        try:
+            getauxval = ctypes.CDLL(None).getauxval
+        except (OSError, AttributeError):
+            return None
+        getauxval.restype = ctypes.c_ulong
+        getauxval.argtypes = [ctypes.c_ulong]
+        hwcap, hwcap2 = getauxval(16), getauxval(26)  # AT_HWCAP, AT_HWCAP2
+        return ({name for name, bit in _AARCH64_HWCAP.items() if hwcap >> bit & 1}
+                | {name for name, bit in _AARCH64_HWCAP2.items() if hwcap2 >> bit & 1})
+
+
+ARCHITECTURES: dict[str, CPUArchitecture] = {arch.name: arch for arch in (
+    X86_64("x86_64", {"sse4.1": ("sse4_1",), "sse4.2": ("sse4_2",), "avx": ("avx",), "avx2": ("avx2",),
+                      "fma": ("fma",), "f16c": ("f16c",), "avx512f": ("avx512f",), "avx512bw": ("avx512bw",),
+                      "avx512dq": ("avx512dq",), "avx512vl": ("avx512vl",), "avx512cd": ("avx512cd",),
+                      "avx512bf16": ("avx512_bf16",), "avx512fp16": ("avx512_fp16",),
+                      "avx512vnni": ("avx512_vnni",), "avxvnni": ("avx_vnni",)},
+           "g++-x86-64-linux-gnu"),
+    AArch64("aarch64", {"fp-armv8": ("fp",), "neon": ("asimd",), "lse": ("atomics",),
+                        "fullfp16": ("fphp", "asimdhp"), "rdm": ("asimdrdm",), "dotprod": ("asimddp",),
+                        "sve": ("sve",), "fp16fml": ("asimdfhm",), "sve2": ("sve2",), "i8mm": ("i8mm",),
+                        "bf16": ("bf16",)},
+            "g++-aarch64-linux-gnu"),
+)}
+# Other spellings of the architectures, in target triples and `uname -m`.
+_ARCHITECTURE_ALIASES = {"amd64": "x86_64", "x86-64": "x86_64", "arm64": "aarch64"}
+
+
+def _cross_compiler(target: Any, arch: CPUArchitecture) -> str:
+    """The C++ cross compiler on PATH that links for `target`: `<its triple>-g++`, or Debian's
+    `<architecture>-linux-gnu-g++`; ValueError naming the package that installs it when none is."""
+    names = dict.fromkeys((f"{target.attrs['mtriple']}-g++", f"{arch.name}-linux-gnu-g++"))
+    found = next((name for name in names if shutil.which(name)), None)
+    if found is None:
+        raise ValueError(f"linking code for {arch.name} needs a C++ compiler for it, and none of "
+                         f"{', '.join(names)} is on PATH: install one (Debian, Ubuntu: apt-get install "
+                         f"{arch.cross_package}) or name one with --cc")
+    return found
+
+
+def host_cpu_features() -> set[str] | None:
+    """This CPU's instruction-set features under Linux's names; None where they cannot be read."""
+    arch = ARCHITECTURES.get(host_architecture())
+    return None if arch is None else arch.host_features()
+
+
+def host_architecture() -> str:
+    """This machine's instruction-set architecture, under Linux's name (x86_64, aarch64)."""
+    machine = platform.machine().lower()
+    return _ARCHITECTURE_ALIASES.get(machine, machine)
+
+
 class CPU(Backend):
-    """The host's or another CPU, through LLVM. A bundle records the instruction sets the
-    target's CPU has (the code may use any of them) under /proc/cpuinfo's names, and is
-    refused on a CPU that lacks one."""
+    """The host's or another CPU, through LLVM: x86-64 or aarch64, which the target's triple
+    (`mtriple`) names and which is this machine's where it names none. A bundle records its
+    architecture and the instruction-set features its CPU has (the code may use any of them)
+    under Linux's names, and is refused on another architecture or a CPU that lacks one."""
 
     kind = "llvm"
     device_type = "cpu"
+
+    def __init__(self) -> None:
+        self._refusals: dict[str, str | None] = {}  # str(target) -> `unavailable`
 
     def schedules(self) -> ModuleType:
         from tvmsep.schedules import llvm
@@ -91,42 +215,82 @@ class CPU(Backend):
     def chip(self, target: Any) -> str:
         return str(target.attrs.get("mcpu", ""))
 
+    def architecture_name(self, target: Any) -> str:
+        """The architecture a target's code is for: its triple's first part, else this machine's."""
+        triple = str(target.attrs.get("mtriple", ""))
+        if not triple:
+            return host_architecture()
+        arch = triple.split("-", 1)[0].lower()
+        return _ARCHITECTURE_ALIASES.get(arch, arch)
+
+    def architecture(self, target: Any) -> CPUArchitecture:
+        name = self.architecture_name(target)
+        if name not in ARCHITECTURES:
+            raise ValueError(f"`target`: tvmsep compiles CPU code for {' and '.join(ARCHITECTURES)}; "
+                             f"{str(target.attrs.get('mtriple'))!r} is for {name}")
+        return ARCHITECTURES[name]
+
     def vector_bits(self, target: Any) -> int:
         """The width of the target's widest vector registers, which the schedules fill."""
-        mcpu = self.chip(target)
-        features = " ".join(str(a) for a in target.attrs.get("mattr", []))
-        if "avx512" in features or mcpu in _AVX512_CPUS or mcpu.startswith(("znver4", "znver5")):
-            return 512
-        return 256 if (mcpu or "avx2" in features) else 128
+        features = {str(a).lstrip("+") for a in target.attrs.get("mattr", [])}
+        return self.architecture(target).vector_bits(self.chip(target), features)
+
+    def export(self, executable: Any, path: str, target: Any, compiler: str | None = None) -> None:
+        """Code for this machine's architecture is linked as any backend's; code for another needs
+        a C++ cross compiler, `compiler` where given, else the one named after the target's triple
+        (Debian's g++-aarch64-linux-gnu installs aarch64-linux-gnu-g++)."""
+        arch = self.architecture(target)
+        if compiler is None and arch.name != host_architecture():
+            compiler = _cross_compiler(target, arch)
+        elif compiler is not None and shutil.which(compiler) is None:
+            raise ValueError(f"--cc {compiler}: no such command on PATH")
+        super().export(executable, path, target, compiler)
 
     def core_cache_bytes(self, target: Any) -> int:
         """The cache a core keeps its working set in, its L2: 1-2 MiB on recent x86 cores,
         so the smaller, for the schedules to fit a core's share of an intermediate in."""
         return 1 << 20
 
+    def unavailable(self, target: Any) -> str | None:
+        """A target for another architecture, or for features this CPU lacks, would compile code
+        that cannot run here: it is refused before compiling, pointing to bundles."""
+        key = str(target)
+        if key not in self._refusals:  # reading the target's features takes LLVM a while
+            fields = self.manifest_fields(target)
+            refusal = self._refusal(fields["architecture"], fields["mcpu"], fields["cpu_flags"])
+            self._refusals[key] = refusal and (
+                f"`target`: its code would be {refusal}. Kernels for another machine are compiled ahead of "
+                "time, here: `tvmsep compile --target '<target JSON>' --out DIR`, then loaded there with "
+                "tvmsep.load(DIR)")
+        return self._refusals[key]
+
+    def log_folder(self, target: Any) -> str:
+        """Tuning logs are filed under kind, architecture and CPU, e.g. `llvm-aarch64-neoverse-n1`;
+        x86-64's folders, which came first, leave out the architecture, e.g. `llvm-znver5`."""
+        arch = self.architecture_name(target)
+        return "-".join(part for part in (self.kind, "" if arch == "x86_64" else arch, self.chip(target)) if part)
+
     def manifest_fields(self, target: Any) -> dict[str, Any]:
         from tvm.target import codegen
         features = {str(f) for f in codegen.llvm_get_cpu_features(target)}
-        return {"mcpu": self.chip(target) or None,
-                "cpu_flags": tuple(sorted(flag for feature, flag in _CPU_FLAGS.items() if feature in features))}
+        return {"architecture": self.architecture_name(target), "mcpu": self.chip(target) or None,
+                "cpu_flags": self.architecture(target).recorded_features(features)}
 
     def bundle_refusal(self, manifest: Any) -> str | None:
-        host = host_cpu_flags()
-        missing = sorted(set(manifest.cpu_flags or ()) - host) if host is not None else []
+        refusal = self._refusal(manifest.architecture, manifest.mcpu, manifest.cpu_flags or ())
+        return refusal and f"the bundle is {refusal}; compile it for this CPU (--target llvm)"
+
+    def _refusal(self, architecture: str | None, mcpu: str | None, features: Sequence[str]) -> str | None:
+        """Why code for `architecture` (None: not recorded) using `features` cannot run on this
+        CPU, or None."""
+        host = host_architecture()
+        if architecture is not None and architecture != host:
+            return f"for {architecture} ({mcpu or 'any CPU'}), and this machine is {host}"
+        present = host_cpu_features()
+        missing = sorted(set(features) - present) if present is not None else []
         if missing:
-            return (f"the bundle is for {manifest.mcpu or 'another CPU'}, whose instructions this CPU lacks "
-                    f"({', '.join(missing)}); compile it for this CPU (--target llvm)")
+            return f"for {mcpu or 'another CPU'}, whose instructions this CPU lacks ({', '.join(missing)})"
         return None
-
-
-def host_cpu_flags() -> set[str] | None:
-    """This CPU's instruction-set flags as Linux reports them; None where they cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            line = next(line for line in f if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return None
-    return set(line.split(":", 1)[1].split())
 
 
 class CUDA(Backend):
@@ -140,7 +304,7 @@ class CUDA(Backend):
         from tvmsep.schedules import cuda
         return cuda
 
-    def unavailable(self) -> str | None:
+    def unavailable(self, target: Any) -> str | None:
         if not self.device().exist:
             return ("no CUDA device here to run on; to compile CUDA kernels for another machine, "
                     "use tvmsep.build.compile_module(workload, target) and export_library")

@@ -85,9 +85,11 @@ class KernelEntry:
 class Manifest:
     """What a bundle holds and what it needs, as `manifest.json` says.
 
-    `cpu_flags` (llvm) lists the instruction sets the code may use, under the names
-    Linux's /proc/cpuinfo gives them; `arch` (cuda) names the GPU architecture. The
-    loader checks both against this machine before it loads the library."""
+    `architecture` (llvm) names the CPU architecture the code is for (x86_64, aarch64;
+    absent from bundles of tvmsep versions that made only x86-64 ones) and `cpu_flags` the
+    instruction-set features it may use, under the names Linux's /proc/cpuinfo gives them;
+    `arch` (cuda) names the GPU architecture. The loader checks them against this machine
+    before it loads the library."""
 
     format: int
     tvm: str
@@ -98,11 +100,12 @@ class Manifest:
     tvmsep: str | None = None
     library: str = LIBRARY
     arch: str | None = None
+    architecture: str | None = None
     mcpu: str | None = None
     cpu_flags: tuple[str, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        optional = {"arch": self.arch, "mcpu": self.mcpu,
+        optional = {"arch": self.arch, "architecture": self.architecture, "mcpu": self.mcpu,
                     "cpu_flags": None if self.cpu_flags is None else list(self.cpu_flags)}
         return {"format": self.format, "tvmsep": self.tvmsep, "tvm": self.tvm, "target": self.target,
                 "target_kind": self.target_kind, **{k: v for k, v in optional.items() if v is not None},
@@ -118,7 +121,8 @@ class Manifest:
         flags = row.get("cpu_flags")
         return cls(format=row["format"], tvm=row["tvm"], target=row["target"], target_kind=row["target_kind"],
                    sha256=row["sha256"], kernels=kernels, tvmsep=row.get("tvmsep"),
-                   library=row.get("library", LIBRARY), arch=row.get("arch"), mcpu=row.get("mcpu"),
+                   library=row.get("library", LIBRARY), arch=row.get("arch"),
+                   architecture=row.get("architecture"), mcpu=row.get("mcpu"),
                    cpu_flags=None if flags is None else tuple(flags))
 
 

@@ -160,7 +160,7 @@ def _compile(args: argparse.Namespace) -> int:
         else:
             layers = layers_from_file(args.layers)
         manifest = compile_bundle(layers, parse_target(args.target), args.out,
-                                  progress=lambda line: print(line, flush=True))
+                                  progress=lambda line: print(line, flush=True), compiler=args.cc)
     except (ValueError, TypeError, OSError) as e:
         print(f"tvmsep compile: {e}", file=sys.stderr)
         return 2
@@ -214,7 +214,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="with --network: which op per layer (default: separable)")
     bundle.add_argument("--layers", metavar="FILE.json", help="layer specs with the public API's fields")
     bundle.add_argument("--target", default="llvm",
-                        help='llvm (this CPU), cuda (this GPU) or TVM target JSON: \'{"kind": "cuda", "arch": "sm_90"}\'')
+                        help='llvm (this CPU), cuda (this GPU) or TVM target JSON: \'{"kind": "cuda", "arch": "sm_90"}\', '
+                             '\'{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}\'')
+    bundle.add_argument("--cc", metavar="COMPILER",
+                        help="C++ compiler that links the library (default: this machine's, or for another CPU "
+                             "architecture <triple>-g++, e.g. aarch64-linux-gnu-g++)")
     bundle.add_argument("--out", required=True, help="the bundle folder to write")
     bundle.set_defaults(func=_compile)
 

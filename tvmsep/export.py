@@ -29,8 +29,10 @@ __all__ = ["compile_bundle", "layers_from_file", "parse_target"]
 
 
 def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: str | Path,
-                   progress: Callable[[str], None] = print) -> Manifest:
-    """Write the bundle for `layers` ((name, workload) pairs) to the folder `path`; returns its manifest."""
+                   progress: Callable[[str], None] = print, compiler: str | None = None) -> Manifest:
+    """Write the bundle for `layers` ((name, workload) pairs) to the folder `path`; returns its manifest.
+    `compiler`: the C++ compiler that links the library (default: this machine's, or for
+    another CPU architecture the cross compiler named after the target's triple)."""
     target = resolve_target(target)
     path = Path(path)
     _check_replaceable(path)  # before the compile, so a wrong --out costs nothing
@@ -39,7 +41,7 @@ def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: st
     backend = backend_for(target)
     progress(f"compiling {len(scheduled)} kernels for {backend.kind} in one library ...")
     executable = build.compile_scheduled(tvm.IRModule(scheduled), target)
-    manifest = _write(path, lambda library: backend.export(executable, library), lambda sha256: Manifest(
+    manifest = _write(path, lambda library: backend.export(executable, library, target, compiler), lambda sha256: Manifest(
         format=FORMAT, tvmsep=__version__, tvm=tvm.__version__, target=str(target), target_kind=backend.kind,
         **backend.manifest_fields(target), library=LIBRARY, sha256=sha256, kernels=tuple(entries)))
     progress(f"wrote {path} ({(path / LIBRARY).stat().st_size / 1e6:.1f} MB library, {len(entries)} layers)")

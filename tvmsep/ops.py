@@ -54,7 +54,7 @@ def get_kernel(wl: Workload, target: Any = None) -> runtime.Kernel:
     """The compiled kernel for `wl` on `target` (None: this CPU)."""
     target = resolve_target(target)
     backend = backend_for(target)
-    unavailable = backend.unavailable()
+    unavailable = backend.unavailable(target)
     if unavailable:
         raise RuntimeError(unavailable)
 

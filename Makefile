@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench clean
+.PHONY: run test bench aarch64 clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,14 @@ run: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
+# An emulated aarch64 machine for tests/test_aarch64.py (root: it apt-installs the cross
+# compiler and qemu-user); without it those tests skip.
+aarch64: .aarch64/.installed
+.aarch64/.installed: scripts/aarch64-emulation.sh pyproject.toml $(BIN)/.installed
+	PYTHON=$(BIN)/python scripts/aarch64-emulation.sh .aarch64
+
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/peers.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .aarch64 .pytest_cache .hypothesis

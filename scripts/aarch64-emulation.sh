@@ -7,8 +7,9 @@
 #   sysroot/   an aarch64 CPython 3.11 and its libraries, unpacked from Debian's arm64
 #              packages (nothing arm64 is installed into this system)
 #   site/      the aarch64 wheels of the TVM runtime and tvmsep's dependencies
-#   python     runs that Python under qemu-aarch64, with site/ and this checkout on its path;
-#              QEMU_CPU picks the emulated core (cortex-a72: a Raspberry Pi 4; neoverse-n1)
+#   python     runs that Python under qemu-aarch64, with site/ and this checkout on its path
+#              (and is its sys.executable, for the workers it starts); QEMU_CPU picks the
+#              emulated core (cortex-a72: a Raspberry Pi 4; neoverse-n1)
 # and touches DIR/.installed when all of it is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +69,12 @@ export PYTHONPATH="$DIR/site:$PWD\${PYTHONPATH:+:\$PYTHONPATH}"
 exec qemu-aarch64-static -L "$DIR/sysroot" "$DIR/sysroot/usr/bin/python3.11" "\$@"
 EOF
 chmod +x "$DIR.partial/python"
+# Workers that this Python starts (an RPC server's, meta-schedule's) run sys.executable, which
+# is the bare aarch64 binary: without binfmt_misc only the wrapper above can run it.
+cat >"$DIR.partial/site/sitecustomize.py" <<SITE
+import sys
+sys.executable = "$DIR/python"
+SITE
 rm -rf "$DIR"
 mv "$DIR.partial" "$DIR"
 touch "$DIR/.installed"

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,45 @@ def test_a_bundle_with_fp16_arithmetic_is_refused_on_a_core_without_it(bundles):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "refused: the bundle is for neoverse-n1, whose instructions this CPU lacks (asimddp, asimdhp" \
         in done.stdout, done.stdout
+
+
+def test_tuning_for_another_machine_without_rpc_is_a_clear_error(tmp_path, capsys):
+    """Candidates for a board can only be measured on it: the job says how, before anything is compiled."""
+    from tvmsep import cli
+    target = A72 if host_architecture() != "aarch64" else {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
+    status = cli.main(["tune", "--op", "depthwise", "--input", "1,8,8,8", "--filter", "3,3,8,1", "--trials", "2",
+                       "--target", json.dumps(target), "--log-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "measured there" in err and "--rpc HOST:PORT --rpc-key KEY" in err, err
+    assert not list(tmp_path.iterdir()), "nothing was logged"
+
+
+@needs_emulation
+def test_a_tuning_job_measures_on_an_emulated_board_over_rpc(tmp_path):
+    """A board with the TVM runtime alone and no compiler (qemu's aarch64 Python, runtime-only,
+    without TVM's extra runtime library) behind a real tracker: the candidates are linked here
+    and their inputs filled here, the job measures them there and ends in a verdict, filed
+    under the board's architecture and CPU."""
+    from helpers.rpc import kill_with_its_workers, start_server, start_tracker, wait_for_servers
+    tracker, tracker_port = start_tracker()
+    server = None
+    try:
+        env = {**os.environ, "QEMU_CPU": "cortex-a72", "TVM_USE_RUNTIME_LIB": "1"}
+        server = start_server(tracker_port, "pi4", python=[str(EMULATION / "python")], env=env)
+        wait_for_servers(tracker_port, "pi4", 1, timeout=180)
+        job = subprocess.run(
+            [sys.executable, "-m", "tvmsep.cli", "tune", "--op", "depthwise", "--input", "1,8,8,16", "--filter", "3,3,16,1", "--trials", "3",
+             "--target", json.dumps(A72), "--rpc", f"127.0.0.1:{tracker_port}", "--rpc-key", "pi4",
+             "--log-dir", str(tmp_path)], capture_output=True, text=True, timeout=900)
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "speed-up" in job.stdout and "failed" not in job.stdout, job.stdout
+    finally:
+        for process in (server, tracker):
+            if process is not None:
+                kill_with_its_workers(process)
+    folder = tmp_path / "llvm-aarch64-cortex-a72"
+    records = [json.loads(line) for line in (folder / "database_tuning_record.json").read_text().splitlines()]
+    assert len(records) == 3 and all(0 < max(record[1][1]) < 1 for record in records), "each was measured"
+    verdicts = [json.loads(line) for line in (folder / "verdicts.json").read_text().splitlines()]
+    assert len(verdicts) == 1 and verdicts[0]["use"] in ("hand", "tuned") and 0 < verdicts[0]["hand_ms"] < 1e3

@@ -6,12 +6,9 @@ failing candidates do not stop a job, RPC measurement survives losing a
 device, and compiling uses what a job chose.
 """
 
-import contextlib
 import dataclasses
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +33,7 @@ from tvmsep.verdicts import VERDICT_FILE, Verdict, plain_json, target_folder_nam
 from tvmsep.target import host_target
 
 from conftest import assert_close
+from helpers.rpc import kill_with_its_workers, start_server, start_tracker, wait_for_servers
 
 TESTS = Path(__file__).parent
 FOLDER = target_folder_name(host_target())
@@ -212,15 +210,6 @@ def test_partial_last_line_is_trimmed_and_tvm_still_reads(tuned_log, tmp_path):
     assert len(log) == len(whole) == len(_tvm_records(copy))
 
 
-def _kill_with_its_workers(process: subprocess.Popen) -> None:
-    """SIGKILL `process`, started with start_new_session=True, and every process it started:
-    TVM's measuring workers outlive a killed parent, so they are found by its process group."""
-    process.kill()
-    process.wait()
-    with contextlib.suppress(ProcessLookupError):  # none was left
-        os.killpg(process.pid, signal.SIGKILL)
-
-
 def test_killed_job_resumes_without_losing_records(tmp_path):
     wl = _tiny(channels=32)
     records = tmp_path / FOLDER / RECORD_FILE
@@ -229,7 +218,7 @@ def test_killed_job_resumes_without_losing_records(tmp_path):
     try:
         _wait_for_lines(records, 5, job)  # the hand-written record and part of the search
     finally:
-        _kill_with_its_workers(job)  # as in a crash: the job cleans up nothing
+        kill_with_its_workers(job)  # as in a crash: the job cleans up nothing
     before = _lines(records)
     assert len(_tvm_records(tmp_path / FOLDER)) == len(before)
     plot = tmp_path / "search.png"
@@ -298,27 +287,12 @@ def test_a_job_whose_measurements_all_fail_says_so_and_writes_no_verdict(tmp_pat
     assert _tvm_records(tmp_path / FOLDER), "the failed records are logged"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_rpc_measurement_survives_losing_a_server(tmp_path):
-    tracker_port = _free_port()
-    python = [sys.executable, "-m"]
-    tracker = subprocess.Popen(python + ["tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(tracker_port),
-                                         "--port-end", str(tracker_port + 1)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    tracker, tracker_port = start_tracker()
     servers = []
     try:
-        time.sleep(3)
-        for _ in range(2):
-            port = _free_port()
-            servers.append(subprocess.Popen(
-                python + ["tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{tracker_port}", "--key", "testbox",
-                          "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 50)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        servers = [start_server(tracker_port, "testbox") for _ in range(2)]
+        wait_for_servers(tracker_port, "testbox", 2, timeout=120)
         wl = _tiny(channels=40)
         records = tmp_path / FOLDER / RECORD_FILE
         job = subprocess.Popen(_cli_args(wl, 10, tmp_path, "--rpc", f"127.0.0.1:{tracker_port}",
@@ -335,7 +309,7 @@ def test_rpc_measurement_survives_losing_a_server(tmp_path):
             "nothing was measured after the server was killed"
     finally:
         for proc in servers + [tracker]:
-            _kill_with_its_workers(proc)
+            kill_with_its_workers(proc)
 
 
 def test_tuning_records_that_do_not_fit_fall_back_to_hand_written(tmp_path, monkeypatch, rng):

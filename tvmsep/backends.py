@@ -252,16 +252,13 @@ class CPU(Backend):
         return 1 << 20
 
     def unavailable(self, target: Any) -> str | None:
-        """A target for another architecture, or for features this CPU lacks, would compile code
-        that cannot run here: it is refused before compiling, pointing to bundles."""
+        """A target for another architecture, or for features this CPU lacks, compiles code that
+        cannot run here."""
         key = str(target)
         if key not in self._refusals:  # reading the target's features takes LLVM a while
             fields = self.manifest_fields(target)
             refusal = self._refusal(fields["architecture"], fields["mcpu"], fields["cpu_flags"])
-            self._refusals[key] = refusal and (
-                f"`target`: its code would be {refusal}. Kernels for another machine are compiled ahead of "
-                "time, here: `tvmsep compile --target '<target JSON>' --out DIR`, then loaded there with "
-                "tvmsep.load(DIR)")
+            self._refusals[key] = refusal and f"its code would be {refusal}"
         return self._refusals[key]
 
     def log_folder(self, target: Any) -> str:
@@ -306,8 +303,7 @@ class CUDA(Backend):
 
     def unavailable(self, target: Any) -> str | None:
         if not self.device().exist:
-            return ("no CUDA device here to run on; to compile CUDA kernels for another machine, "
-                    "use tvmsep.build.compile_module(workload, target) and export_library")
+            return "there is no CUDA device here to run its code on"
         return None
 
     def chip(self, target: Any) -> str:

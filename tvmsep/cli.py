@@ -128,11 +128,13 @@ def _tune_layers(args: argparse.Namespace) -> list:
 
 def _tune(args: argparse.Namespace) -> int:
     """Tune workloads, print progress and a table, optionally plot the search."""
+    from .export import parse_target
     from .tune import TuningError, format_table, tune
     try:
         workloads = _tune_workloads(args)
-        outcomes = tune(workloads, trials=args.trials, log_dir=args.log_dir, rpc=args.rpc, rpc_key=args.rpc_key,
-                        report=lambda line: print(line, flush=True))
+        target = parse_target(args.target)
+        outcomes = tune(workloads, target=target, trials=args.trials, log_dir=args.log_dir, rpc=args.rpc,
+                        rpc_key=args.rpc_key, compiler=args.cc, report=lambda line: print(line, flush=True))
     except (ValueError, TypeError) as e:
         print(f"tvmsep tune: {e}", file=sys.stderr)
         return 2
@@ -143,7 +145,7 @@ def _tune(args: argparse.Namespace) -> int:
     print(format_table(outcomes))
     if args.plot:
         from .tune_plot import plot_search
-        plot_search([o.workload for o in outcomes], args.log_dir, args.plot)
+        plot_search([o.workload for o in outcomes], args.log_dir, args.plot, target)
         print(f"wrote {args.plot}")
     return 0
 
@@ -170,6 +172,12 @@ def _compile(args: argparse.Namespace) -> int:
         print(f"{entry.name:12} {entry.function:39} {entry.schedule:12} {entry.workload.describe()}")
     print(f"\ntarget {manifest.target}; load it with tvmsep.load({str(args.out)!r})")
     return 0
+
+
+TARGET_HELP = ('llvm (this CPU), cuda (this GPU) or TVM target JSON: \'{"kind": "cuda", "arch": "sm_90"}\', '
+               '\'{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "num-cores": 4}\'')
+CC_HELP = ("C++ compiler that links {what} (default: this machine's, or for another CPU architecture "
+           "<triple>-g++, e.g. aarch64-linux-gnu-g++)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -201,7 +209,10 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--activation", choices=["relu", "relu6"], help="with the epilogue's activation")
     tune.add_argument("--trials", type=int, default=64, help="records per workload, counting logged ones")
     tune.add_argument("--log-dir", default="tuning_logs", help="one folder per target is made under it")
-    tune.add_argument("--rpc", metavar="HOST:PORT", help="measure on devices behind this TVM RPC tracker")
+    tune.add_argument("--target", default="llvm", help=TARGET_HELP)
+    tune.add_argument("--cc", metavar="COMPILER", help=CC_HELP.format(what="each candidate"))
+    tune.add_argument("--rpc", metavar="HOST:PORT", help="measure on devices behind this TVM RPC tracker "
+                                                         "(needed for a target of another machine)")
     tune.add_argument("--rpc-key", metavar="KEY", help="device key registered with the tracker")
     tune.add_argument("--plot", metavar="FILE.png", help="draw best time against trials per workload")
     tune.set_defaults(func=_tune)
@@ -213,12 +224,8 @@ def _parser() -> argparse.ArgumentParser:
     bundle.add_argument("--op", default=None, choices=["depthwise", "separable"],
                         help="with --network: which op per layer (default: separable)")
     bundle.add_argument("--layers", metavar="FILE.json", help="layer specs with the public API's fields")
-    bundle.add_argument("--target", default="llvm",
-                        help='llvm (this CPU), cuda (this GPU) or TVM target JSON: \'{"kind": "cuda", "arch": "sm_90"}\', '
-                             '\'{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}\'')
-    bundle.add_argument("--cc", metavar="COMPILER",
-                        help="C++ compiler that links the library (default: this machine's, or for another CPU "
-                             "architecture <triple>-g++, e.g. aarch64-linux-gnu-g++)")
+    bundle.add_argument("--target", default="llvm", help=TARGET_HELP)
+    bundle.add_argument("--cc", metavar="COMPILER", help=CC_HELP.format(what="the library"))
     bundle.add_argument("--out", required=True, help="the bundle folder to write")
     bundle.set_defaults(func=_compile)
 

@@ -56,7 +56,9 @@ def get_kernel(wl: Workload, target: Any = None) -> runtime.Kernel:
     backend = backend_for(target)
     unavailable = backend.unavailable(target)
     if unavailable:
-        raise RuntimeError(unavailable)
+        raise RuntimeError(f"`target` {target}: {unavailable}. Kernels for another machine are compiled "
+                           "ahead of time, here: `tvmsep compile --target '<target JSON>' --out DIR`, then "
+                           "loaded there with tvmsep.load(DIR)")
 
     def find() -> runtime.Kernel:
         trace = build.tuned_trace(wl, target)

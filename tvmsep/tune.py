@@ -25,19 +25,23 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import tvm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir import Schedule
 from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
 from tvm.target import Target
 
 from .backends import backend_for
@@ -47,7 +51,8 @@ from .target import resolve_target
 from .tuning_log import FAILED_SECONDS, TuningLog, record_seconds
 from .verdicts import USE_HAND, USE_TUNED, Verdict, module_hash, plain_json, read_verdicts, target_folder_name
 
-__all__ = ["TuneOutcome", "TuningError", "tune", "format_table", "build_candidate", "make_builder", "make_runner"]
+__all__ = ["TuneOutcome", "TuningError", "tune", "format_table", "build_candidate", "export_candidate",
+           "fill_on_host", "make_builder", "make_runner"]
 
 # Candidates per search round; small, so progress shows and a kill loses little.
 TRIALS_PER_ROUND = 8
@@ -84,26 +89,53 @@ def build_candidate(mod: tvm.IRModule, target: Target, _params) -> tvm.runtime.M
     return compile_scheduled(mod, target).mod
 
 
+def export_candidate(target: str, compiler: str | None, mod: tvm.runtime.Module) -> str:
+    """Meta-schedule export function: the candidate linked here into a shared library, by its
+    backend (with the cross compiler for another architecture), so the machine that measures
+    it needs TVM's runtime alone. TVM's default ships a tar of object files for the measuring
+    machine to link, which a board without a compiler cannot."""
+    target = Target(target)
+    path = os.path.join(tempfile.mkdtemp(prefix="tvmsep-candidate-"), "candidate.so")
+    backend_for(target).export(mod, path, target, compiler)
+    return path
+
+
+def fill_on_host(session, device, args_info, alloc_repeat: int) -> list[list[tvm.runtime.Tensor]]:
+    """Meta-schedule argument allocator: random inputs drawn here and copied to the device.
+    TVM's default asks the device for `random_fill_for_measure`, which the runtime-only
+    TVM a board carries does not have."""
+    rng = np.random.default_rng()
+
+    def fill(tensor: tvm.runtime.Tensor) -> None:
+        tensor.copyfrom(rng.uniform(-1.0, 1.0, tuple(tensor.shape)).astype(str(tensor.dtype)))
+
+    return alloc_argument_common(fill, device, args_info, alloc_repeat)
+
+
 def _evaluator() -> ms.runner.EvaluatorConfig:
     return ms.runner.EvaluatorConfig(number=5, repeat=5, min_repeat_ms=30, enable_cpu_cache_flush=False)
 
 
-def make_builder(timeout_sec: float = 60.0) -> ms.builder.Builder:
-    return ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=timeout_sec,
-                                   max_workers=max(1, min(4, os.cpu_count() or 1)))
+def make_builder(target: Target, compiler: str | None = None, timeout_sec: float = 60.0) -> ms.builder.Builder:
+    """Builds candidates for `target` here, linked with `compiler` (default: see `export_candidate`)."""
+    return ms.builder.LocalBuilder(f_build=build_candidate, f_export=functools.partial(
+                                       export_candidate, str(target), compiler),
+                                   timeout_sec=timeout_sec, max_workers=max(1, min(4, os.cpu_count() or 1)))
 
 
-def make_runner(rpc: str | None = None, rpc_key: str | None = None, timeout_sec: float = 30.0,
+def make_runner(rpc: str | None = None, rpc_key: str | None = None, timeout_sec: float | None = None,
                 rpc_workers: int = 1) -> ms.runner.Runner:
-    """Measure here, or on devices registered under `rpc_key` with the tracker at `rpc` (HOST:PORT)."""
+    """Measure here, or on devices registered under `rpc_key` with the tracker at `rpc` (HOST:PORT).
+    A session over RPC is given longer (default 120 s against 30 s here): a board is slower, and
+    the candidate travels to it."""
     if rpc is None:
-        return ms.runner.LocalRunner(timeout_sec=timeout_sec, evaluator_config=_evaluator())
+        return ms.runner.LocalRunner(timeout_sec=timeout_sec or 30.0, evaluator_config=_evaluator())
     host, _, port = rpc.rpartition(":")
     if not host or not port.isdigit() or not rpc_key:
         raise ValueError(f"--rpc must be HOST:PORT with --rpc-key, got {rpc!r} and key {rpc_key!r}")
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=rpc_key,
-                                 session_timeout_sec=int(timeout_sec))
-    return ms.runner.RPCRunner(config, _evaluator(), max_workers=rpc_workers)
+                                 session_timeout_sec=int(timeout_sec or 120.0))
+    return ms.runner.RPCRunner(config, _evaluator(), f_alloc_argument=fill_on_host, max_workers=rpc_workers)
 
 
 @derived_object
@@ -142,12 +174,17 @@ def _build_and_run(schedules: Sequence[tvm.IRModule], target: Target, builder,
         else:
             errors.append(f"build: {result.error_msg}")
     seconds = [FAILED_SECONDS] * len(schedules)
-    for i, future in zip(where, runner.run(inputs)):
-        result = future.result()
-        if result.error_msg is None and result.run_secs:
-            seconds[i] = statistics.fmean(float(s) for s in result.run_secs)
-        else:
-            errors.append(f"run: {result.error_msg or 'no time measured'}")
+    try:
+        for i, future in zip(where, runner.run(inputs)):
+            result = future.result()
+            if result.error_msg is None and result.run_secs:
+                seconds[i] = statistics.fmean(float(s) for s in result.run_secs)
+            else:
+                errors.append(f"run: {result.error_msg or 'no time measured'}")
+    finally:  # as meta-schedule's own search does with its candidates
+        for result in built:
+            if result.artifact_path is not None:
+                shutil.rmtree(os.path.dirname(result.artifact_path), ignore_errors=True)
     return seconds, (errors[0] if errors else None)
 
 
@@ -304,14 +341,22 @@ def _verify(wl: Workload, target: Target, log: TuningLog, workload, builder,
 
 def tune(workloads: Sequence[Workload], *, target=None, trials: int = 64,
          log_dir: str | os.PathLike = "tuning_logs", rpc: str | None = None, rpc_key: str | None = None,
-         builder: ms.builder.Builder | None = None, runner: ms.runner.Runner | None = None,
-         report: Callable[[str], None] = print, seed: int | None = None) -> list[TuneOutcome]:
-    """Tune each distinct workload up to `trials` records (counting those already logged)."""
+         compiler: str | None = None, builder: ms.builder.Builder | None = None,
+         runner: ms.runner.Runner | None = None, report: Callable[[str], None] = print,
+         seed: int | None = None) -> list[TuneOutcome]:
+    """Tune each distinct workload for `target` (None: this CPU) up to `trials` records
+    (counting those already logged), measuring here or, for another machine, on it over RPC
+    (`rpc`, `rpc_key`), with candidates linked here by `compiler` (see `export_candidate`)."""
     if trials < 1:
         raise ValueError(f"`trials` must be at least 1, got {trials}")
     target = resolve_target(target)
+    if rpc is None and runner is None:
+        unavailable = backend_for(target).unavailable(target)
+        if unavailable:
+            raise ValueError(f"`target` {target}: {unavailable}, so it is measured there: give the RPC tracker "
+                             "that machine is registered with and its key (--rpc HOST:PORT --rpc-key KEY)")
     log = TuningLog(Path(log_dir) / target_folder_name(target))
-    builder = builder or make_builder()
+    builder = builder or make_builder(target, compiler)
     runner = runner or make_runner(rpc, rpc_key)
     distinct = list(dict.fromkeys(workloads))
     outcomes = []

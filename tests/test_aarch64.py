@@ -47,7 +47,9 @@ def _quiet(line):
 def test_neon_targets_fill_128_bit_vectors_and_x86_ones_keep_theirs():
     """NEON has 128-bit registers on every core, named or not; a 256-bit vector would take two."""
     for target in ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, A72, N1,
-                   {"kind": "llvm", "mtriple": "arm64-apple-darwin", "mcpu": "apple-m1"}):
+                   {"kind": "llvm", "mtriple": "arm64-apple-darwin", "mcpu": "apple-m1"},
+                   {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-v1"},  # SVE: code is NEON
+                   {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+sve"]}):
         assert vector_lanes(Target(target), "float32") == 4, target
         assert vector_lanes(Target(target), "float64") == 2, target
     assert vector_lanes(Target({"kind": "llvm", "mcpu": "haswell"}), "float32") == 8
@@ -208,3 +210,26 @@ def test_a_tuning_job_measures_on_an_emulated_board_over_rpc(tmp_path):
     assert len(records) == 3 and all(0 < max(record[1][1]) < 1 for record in records), "each was measured"
     verdicts = [json.loads(line) for line in (folder / "verdicts.json").read_text().splitlines()]
     assert len(verdicts) == 1 and verdicts[0]["use"] in ("hand", "tuned") and 0 < verdicts[0]["hand_ms"] < 1e3
+
+
+def _hot_loops():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("hot_loops", ROOT / "benchmarks" / "hot_loops.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("preset", ["mobilenet_v1", "mobilenet_v2"])
+def test_neon_register_tiles_fit_the_32_registers(preset):
+    """Read from the assembly: no loop with vector FMAs in a MobileNet kernel for a Pi 4's core
+    keeps part of its register tile on the stack."""
+    hot_loops = _hot_loops()
+    workloads = dict.fromkeys(layer.workload(op) for layer in network(preset) for op in ("depthwise", "separable"))
+    spilling = {}
+    for wl in workloads:
+        loops = hot_loops.loops(hot_loops.kernel_assembly(wl, A72))
+        assert any(loop.fmas >= 8 for loop in loops), f"no vector FMA loop found in {wl.describe()}"
+        spilling.update({f"{wl.describe()} {loop.label}": loop for loop in loops if loop.stack})
+    assert not spilling, spilling

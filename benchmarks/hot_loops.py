@@ -1,0 +1,114 @@
+"""What the hot loops of a compiled kernel do, read from its assembly.
+
+    python benchmarks/hot_loops.py [--target JSON] [--network mobilenet_v1] [--layers v1_03,v1_13]
+
+For each layer's depthwise and separable kernel, compiled as `tvmsep` compiles it for the
+target (x86-64 or aarch64, this machine's or another's: nothing runs), every loop whose body
+holds vector FMAs is listed with its instructions, its FMAs, its memory loads and stores and
+its stack references (spills: a register tile that does not fit the register file shows up
+here). A loop is a block of straight-line code that branches back to its own start, which is
+how LLVM lays out the innermost loops these schedules unroll.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Vector FMAs: aarch64's fmla (vector and by-element), x86's vfmadd/vfnmadd of packed operands.
+_FMA = re.compile(r"^(fmla|fmls|v?fn?madd\d{3}p[sdh])\b")
+_LABEL = re.compile(r"^([.\w$]+):")
+_BRANCH = re.compile(r"^(b|b\.\w+|cbn?z|tbn?z|j\w+)\s+(?:.*,\s*)?([.\w$]+)\s*$")
+# Stack references: through sp on aarch64, rsp or rbp on x86-64.
+_STACK = re.compile(r"\[sp\b|\(%rsp\)|\(%rbp\)|%rsp\)|%rbp\)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Loop:
+    label: str
+    instructions: int
+    fmas: int
+    loads: int
+    stores: int
+    stack: int  # loads and stores on the stack: spills, on a register tile
+
+
+def _memory_operand(instruction: str) -> tuple[bool, bool]:
+    """(reads memory, writes memory) for one instruction, from its mnemonic and operands."""
+    mnemonic, _, operands = instruction.replace("\t", " ").partition(" ")
+    if "[" in operands:  # aarch64: ld* read, st* write
+        return mnemonic.startswith("ld"), mnemonic.startswith("st")
+    if "(" in operands and not mnemonic.startswith(("prefetch", "lea")):  # AT&T: the destination comes last
+        writes = "(" in operands.rsplit(",", 1)[-1]
+        return not writes, writes
+    return False, False
+
+
+def loops(assembly: str) -> list[Loop]:
+    """The innermost loops of `assembly` that hold vector FMAs: the code from a label to a later
+    branch back to it (the body may span blocks: padding tests branch inside it), without
+    another such loop inside."""
+    code: list[str] = []
+    labels: dict[str, int] = {}  # label -> index of the instruction it precedes
+    spans = []  # (label, first, last instruction index) of each backward branch
+    for line in assembly.splitlines():
+        text = line.split("//")[0].split(";")[0].strip()
+        if (match := _LABEL.match(text)) is not None:
+            labels[match.group(1)] = len(code)
+        elif text and not text.startswith("."):
+            code.append(text)
+            branch = _BRANCH.match(text)
+            if branch is not None and branch.group(2) in labels:
+                spans.append((branch.group(2), labels[branch.group(2)], len(code) - 1))
+    with_fmas = [(label, first, last) for label, first, last in spans
+                 if any(_FMA.match(i) for i in code[first:last + 1])]
+    found = []
+    for label, first, last in with_fmas:
+        if any(first <= f and l <= last and (f, l) != (first, last) for _, f, l in with_fmas):
+            continue  # not innermost
+        body = code[first:last + 1]
+        memory = [_memory_operand(i) for i in body]
+        found.append(Loop(label, len(body), sum(bool(_FMA.match(i)) for i in body), sum(r for r, _ in memory),
+                          sum(w for _, w in memory), sum(bool(_STACK.search(i)) for i in body)))
+    return found
+
+
+def kernel_assembly(wl: Any, target: Any) -> str:
+    """The assembly of `wl`'s kernel as tvmsep compiles it for `target` (hand-written or tuned)."""
+    from tvmsep import build
+    from tvmsep.target import resolve_target
+    target = resolve_target(target)
+    executable = build.compile_module(wl, target, build.tuned_trace(wl, target))
+    return executable.mod.inspect_source("asm")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", default="llvm", help="llvm (this CPU) or a TVM target as JSON")
+    parser.add_argument("--network", default="mobilenet_v1")
+    parser.add_argument("--layers", help="comma-separated layer names (default: all)")
+    args = parser.parse_args(argv)
+    from tvmsep.networks import network
+    target = json.loads(args.target) if args.target.lstrip().startswith("{") else args.target
+    chosen = set(args.layers.split(",")) if args.layers else None
+    print(f"target {args.target}")
+    print(f"{'layer':8} {'op':10} {'loop':10} {'instr':>6} {'FMAs':>5} {'loads':>6} {'stores':>6} {'stack':>6}")
+    for layer in network(args.network):
+        if chosen is not None and layer.name not in chosen:
+            continue
+        for op in ("depthwise", "separable"):
+            for loop in loops(kernel_assembly(layer.workload(op), target)):
+                print(f"{layer.name:8} {op:10} {loop.label:10} {loop.instructions:6d} {loop.fmas:5d} "
+                      f"{loop.loads:6d} {loop.stores:6d} {loop.stack:6d}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,8 +5,8 @@
 For each layer's depthwise and separable kernel, compiled as `tvmsep` compiles it for the
 target (x86-64 or aarch64, this machine's or another's: nothing runs), every loop whose body
 holds vector FMAs is listed with its instructions, its FMAs, its memory loads and stores and
-its stack references (spills: a register tile that does not fit the register file shows up
-here). A loop is a block of straight-line code that branches back to its own start, which is
+its vector spills (vector registers moved to or from the stack: a register tile that does not
+fit the register file shows up there). A loop is a block of straight-line code that branches back to its own start, which is
 how LLVM lays out the innermost loops these schedules unroll.
 """
 
@@ -26,8 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 _FMA = re.compile(r"^(fmla|fmls|v?fn?madd\d{3}p[sdh])\b")
 _LABEL = re.compile(r"^([.\w$]+):")
 _BRANCH = re.compile(r"^(b|b\.\w+|cbn?z|tbn?z|j\w+)\s+(?:.*,\s*)?([.\w$]+)\s*$")
-# Stack references: through sp on aarch64, rsp or rbp on x86-64.
-_STACK = re.compile(r"\[sp\b|\(%rsp\)|\(%rbp\)|%rsp\)|%rbp\)")
+# Vector registers moved to or from the stack (sp on aarch64, rsp or rbp on x86-64): a
+# register tile that does not fit. Addresses and counters spilled to the stack are not.
+_VECTOR_STACK = re.compile(r"^\S+\s+(?:[qdsb]\d+|%[xyz]mm\d+).*(?:\[sp\b|%[re]?[sb]p\))"
+                           r"|^\S+\s+.*(?:\[sp\b|%[re]?[sb]p\)).*%[xyz]mm\d+\s*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +39,7 @@ class Loop:
     fmas: int
     loads: int
     stores: int
-    stack: int  # loads and stores on the stack: spills, on a register tile
+    spills: int  # vector registers stored to or loaded from the stack
 
 
 def _memory_operand(instruction: str) -> tuple[bool, bool]:
@@ -76,7 +78,7 @@ def loops(assembly: str) -> list[Loop]:
         body = code[first:last + 1]
         memory = [_memory_operand(i) for i in body]
         found.append(Loop(label, len(body), sum(bool(_FMA.match(i)) for i in body), sum(r for r, _ in memory),
-                          sum(w for _, w in memory), sum(bool(_STACK.search(i)) for i in body)))
+                          sum(w for _, w in memory), sum(bool(_VECTOR_STACK.search(i)) for i in body)))
     return found
 
 
@@ -99,14 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     target = json.loads(args.target) if args.target.lstrip().startswith("{") else args.target
     chosen = set(args.layers.split(",")) if args.layers else None
     print(f"target {args.target}")
-    print(f"{'layer':8} {'op':10} {'loop':10} {'instr':>6} {'FMAs':>5} {'loads':>6} {'stores':>6} {'stack':>6}")
+    print(f"{'layer':8} {'op':10} {'loop':10} {'instr':>6} {'FMAs':>5} {'loads':>6} {'stores':>6} {'spills':>6}")
     for layer in network(args.network):
         if chosen is not None and layer.name not in chosen:
             continue
         for op in ("depthwise", "separable"):
             for loop in loops(kernel_assembly(layer.workload(op), target)):
                 print(f"{layer.name:8} {op:10} {loop.label:10} {loop.instructions:6d} {loop.fmas:5d} "
-                      f"{loop.loads:6d} {loop.stores:6d} {loop.stack:6d}", flush=True)
+                      f"{loop.loads:6d} {loop.stores:6d} {loop.spills:6d}", flush=True)
     return 0
 
 

@@ -231,5 +231,5 @@ def test_neon_register_tiles_fit_the_32_registers(preset):
     for wl in workloads:
         loops = hot_loops.loops(hot_loops.kernel_assembly(wl, A72))
         assert any(loop.fmas >= 8 for loop in loops), f"no vector FMA loop found in {wl.describe()}"
-        spilling.update({f"{wl.describe()} {loop.label}": loop for loop in loops if loop.stack})
+        spilling.update({f"{wl.describe()} {loop.label}": loop for loop in loops if loop.spills})
     assert not spilling, spilling

@@ -110,7 +110,8 @@ DEPTHWISE_PIXEL_BLOCK = 8
 MAX_UNROLLED_TAPS = 1024
 # Output rows per register block in NCHW depthwise (width is the vector axis).
 DEPTHWISE_ROW_BLOCK = 4
-# GEMM micro-tile: MR rows x NR_VECTORS vectors of accumulators.
+# GEMM micro-tile: MR rows x NR_VECTORS vectors of accumulators, MR at most what the
+# register file holds beside the weight vectors and the broadcast input (`_gemm_rows`).
 GEMM_ROWS = 8
 GEMM_VECTORS = 2
 # Waking the thread pool costs ~5 us; below this much work one core is faster.
@@ -130,6 +131,25 @@ def vector_lanes(target: Target, dtype: str) -> int:
     """SIMD lanes for `dtype` on the target's widest vector unit (fp16 computes in fp32)."""
     element = 64 if dtype == "float64" else 32
     return BACKENDS["llvm"].vector_bits(target) // element
+
+
+def _gemm_row_limit(target: Target, vectors: int) -> int:
+    """The most rows a GEMM tile of `vectors` vector registers per row may have: its
+    accumulators (rows x vectors), a row of weight vectors and the broadcast input fit the
+    target's vector registers (16 on x86-64 without AVX-512, else 32). A tile that does
+    not fit keeps accumulators on the stack, a load and a store for each of them in every
+    step of the reduction."""
+    return (BACKENDS["llvm"].vector_registers(target) - vectors - 1) // vectors
+
+
+def _gemm_rows(target: Target, vectors: int) -> int:
+    """Rows of a GEMM tile by default: GEMM_ROWS where they fit (`_gemm_row_limit`)."""
+    return min(GEMM_ROWS, _gemm_row_limit(target, vectors))
+
+
+def _gemm_vectors(extent: int, lanes: int) -> int:
+    """Vector registers per GEMM row at the default vector width along `extent`."""
+    return -(-_vector(extent, GEMM_VECTORS * lanes, lanes) // lanes)
 
 
 def _factor(extent: int, preferred: int) -> int:
@@ -226,7 +246,7 @@ def _chunk_rows(wl: Workload, target: Target, lanes: int) -> int:
         return 0
     row_bytes = wl.out_width * wl.mid_channels * tvm.DataType(wl.dtype).bits // 8
     rows, cores = wl.batch * wl.out_height, _cores(target)
-    if rows * row_bytes <= cores * BACKENDS["llvm"].core_cache_bytes(target) or _pads_gemm(wl, lanes):
+    if rows * row_bytes <= cores * BACKENDS["llvm"].core_cache_bytes(target) or _pads_gemm(wl, target, lanes):
         return 0  # a padded GEMM keeps its two stages
     fitting = [r for r in range(2, wl.out_height + 1)
                if wl.out_height % r == 0 and r * row_bytes <= CHUNK_BYTES and (rows // r) % cores == 0]
@@ -383,7 +403,7 @@ def _depthwise_nchw(sch: s_tir.Schedule, block, wl: Workload, lanes: int) -> tup
     return rows, jo, ii, vec, di, dj
 
 
-def _gemm_padding(wl: Workload, lanes: int) -> tuple[int, int]:
+def _gemm_padding(wl: Workload, target: Target, lanes: int) -> tuple[int, int]:
     """(rows per GEMM tile, channel multiple): the NHWC pointwise's width and output
     channels are padded to multiples of these. A width with no good divisor for
     the GEMM's rows, or channels that leave the vectors narrower than the
@@ -395,9 +415,6 @@ def _gemm_padding(wl: Workload, lanes: int) -> tuple[int, int]:
     not three over 8; 11: one, not eleven scalar ones).
     A width under 4 is padded to 4: the wasted rows keep more accumulators in flight
     to hide the FMA latency, where blocks of the width itself would leave it exposed."""
-    rows = _block(wl.out_width, GEMM_ROWS)
-    if wl.out_width % rows:
-        rows = _padded_block(wl.out_width, GEMM_ROWS)
     channels, out = 1, wl.out_channels
     in_place = out // min(_vector(out, GEMM_VECTORS * lanes, lanes), lanes)  # vector FMAs per row and step
     for multiple in (GEMM_VECTORS * lanes, lanes):
@@ -407,23 +424,28 @@ def _gemm_padding(wl: Workload, lanes: int) -> tuple[int, int]:
         if 8 * padded <= 9 * out or (multiple == lanes and padded // lanes < in_place):
             channels = multiple
             break
+    vectors = _gemm_vectors(_round_up(out, channels), lanes)
+    rows = _block(wl.out_width, _gemm_rows(target, vectors))
+    if wl.out_width % rows:
+        rows = _padded_block(wl.out_width, _gemm_rows(target, vectors), _gemm_row_limit(target, vectors))
     return rows, channels
 
 
-def _gemm_domain(wl: Workload, lanes: int) -> tuple[int, int, int]:
+def _gemm_domain(wl: Workload, target: Target, lanes: int) -> tuple[int, int, int]:
     """(rows per GEMM tile, width, output channels) of the NHWC pointwise's GEMM, padded."""
-    rows, multiple = _gemm_padding(wl, lanes)
+    rows, multiple = _gemm_padding(wl, target, lanes)
     return rows, _round_up(wl.out_width, rows), _round_up(wl.out_channels, multiple)
 
 
-def _pads_gemm(wl: Workload, lanes: int) -> bool:
-    return _gemm_domain(wl, lanes)[1:] != (wl.out_width, wl.out_channels)
+def _pads_gemm(wl: Workload, target: Target, lanes: int) -> bool:
+    return _gemm_domain(wl, target, lanes)[1:] != (wl.out_width, wl.out_channels)
 
 
-def _padded_block(extent: int, preferred: int) -> int:
-    """The block size, within a quarter above `preferred` and half below, that
-    pads `extent` least (the largest of equals: fewer tiles)."""
-    return min(range(preferred // 2, preferred + preferred // 4 + 1), key=lambda b: (_round_up(extent, b), -b))
+def _padded_block(extent: int, preferred: int, most: int) -> int:
+    """The block size, within a quarter above `preferred` (and at most `most`) and half
+    below, that pads `extent` least (the largest of equals: fewer tiles)."""
+    largest = min(preferred + preferred // 4, most)
+    return min(range(preferred // 2, largest + 1), key=lambda b: (_round_up(extent, b), -b))
 
 
 def _round_up(extent: int, multiple: int) -> int:
@@ -465,9 +487,10 @@ def _pointwise(sch: s_tir.Schedule, wl: Workload, target: Target, lanes: int, pa
     of that many output rows and each chunk's tiles are a serial loop inside it."""
     # Tiles stay inside one output row: a tile that wrapped rows would make
     # the store's region a bounding box of whole rows.
-    row_block, width, channels = _block(wl.out_width, GEMM_ROWS), wl.out_width, wl.out_channels
+    rows = _gemm_rows(target, _gemm_vectors(wl.out_channels, lanes))
+    row_block, width, channels = _block(wl.out_width, rows), wl.out_width, wl.out_channels
     if wl.layout == "NHWC" and not chunk_rows:
-        row_block, width, channels = _gemm_domain(wl, lanes)
+        row_block, width, channels = _gemm_domain(wl, target, lanes)
     if (width, channels) == (wl.out_width, wl.out_channels):
         block, store = accumulator(sch, "pointwise")
     else:
@@ -476,7 +499,7 @@ def _pointwise(sch: s_tir.Schedule, wl: Workload, target: Target, lanes: int, pa
         outer, tile, c, ji, vec = _pointwise_nhwc(sch, block, wl, target, lanes, parallel, chunk_rows,
                                                   (row_block, width, channels))
     else:
-        outer, tile, c, ji, vec = _pointwise_nchw(sch, block, wl, lanes)
+        outer, tile, c, ji, vec = _pointwise_nchw(sch, block, wl, target, lanes)
     if parallel:
         sch.parallel(outer)
     sch.vectorize(vec)
@@ -539,12 +562,13 @@ def _chunk_per_core(sch: s_tir.Schedule, loops: tuple, inner: tuple, chunks: int
     return chunk, [row, jo]
 
 
-def _pointwise_nchw(sch: s_tir.Schedule, block, wl: Workload, lanes: int) -> tuple:
+def _pointwise_nchw(sch: s_tir.Schedule, block, wl: Workload, target: Target, lanes: int) -> tuple:
     """The NCHW GEMM's loop nest: pixels are the vector axis, output channels the
     unrolled rows. Returns (parallel loop, tile loop, reduction, unrolled rows, vector)."""
     b, o, i, j, c = sch.get_loops(block)
     jo, vec = sch.split(j, [None, _vector_knob(sch, wl.out_width, lanes, GEMM_VECTORS, 4)])
-    oo, ji = sch.split(o, [None, _block_knob(sch, wl.out_channels, GEMM_ROWS, [4, 6, 8, 12, 16])])
+    rows = _gemm_rows(target, _gemm_vectors(wl.out_width, lanes))
+    oo, ji = sch.split(o, [None, _block_knob(sch, wl.out_channels, rows, [4, 6, 8, 12, 16])])
     sch.reorder(b, oo, i, jo, c, ji, vec)
     tile = sch.fuse(b, oo, i, jo)
     return tile, tile, c, ji, vec

@@ -212,20 +212,11 @@ def test_a_tuning_job_measures_on_an_emulated_board_over_rpc(tmp_path):
     assert len(verdicts) == 1 and verdicts[0]["use"] in ("hand", "tuned") and 0 < verdicts[0]["hand_ms"] < 1e3
 
 
-def _hot_loops():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("hot_loops", ROOT / "benchmarks" / "hot_loops.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("preset", ["mobilenet_v1", "mobilenet_v2"])
 def test_neon_register_tiles_fit_the_32_registers(preset):
     """Read from the assembly: no loop with vector FMAs in a MobileNet kernel for a Pi 4's core
     keeps part of its register tile on the stack."""
-    hot_loops = _hot_loops()
+    from helpers.assembly import hot_loops
     workloads = dict.fromkeys(layer.workload(op) for layer in network(preset) for op in ("depthwise", "separable"))
     spilling = {}
     for wl in workloads:

@@ -1,6 +1,7 @@
 """The CPU tuning spaces: every design space a tuning job searches computes
 TF's result, at the hand-written sizes and at sizes the search samples."""
 
+import dataclasses
 import re
 
 import numpy as np
@@ -217,3 +218,36 @@ def test_padded_weights_are_copied_panel_by_panel():
         shape = [int(v) for v in panel.split("((", 1)[1].split(")", 1)[0].split(",")]
         assert shape[:3] == [1, 1, wl.mid_channels] and padded % shape[3] == 0 and shape[3] % lanes == 0, panel
         assert shape[3] < padded or shape[3] == llvm.GEMM_VECTORS * lanes, "one panel, not all the weights"
+
+
+AVX2 = {"kind": "llvm", "mcpu": "haswell", "num-cores": 2}  # 16 vector registers of 256 bits
+
+
+@pytest.mark.parametrize("preset", ["mobilenet_v1", "mobilenet_v2"])
+def test_gemm_tiles_fit_the_16_registers_of_avx2(preset):
+    """Read from the assembly: the separable kernels of MobileNet's layers for an AVX2 CPU keep
+    their register tiles out of the stack. VALID padding, because the padding's per-tap
+    selects take vector registers as masks there (AVX-512 keeps them in mask registers),
+    which is the depthwise stage's matter, not the GEMM tile's."""
+    from helpers.assembly import hot_loops
+    from tvmsep.networks import network
+    spilling = {}
+    for layer in network(preset):
+        wl = dataclasses.replace(layer.arguments("separable"), padding="VALID").workload()
+        loops = hot_loops.loops(hot_loops.kernel_assembly(wl, AVX2))
+        assert any(loop.fmas >= 8 for loop in loops), f"no vector FMA loop found in {wl.describe()}"
+        spilling.update({f"{wl.describe()} {loop.label}": loop for loop in loops if loop.spills})
+    assert not spilling, spilling
+
+
+@pytest.mark.parametrize("width", [5, 7, 11, 13, 19])
+def test_avx2_gemm_tiles_of_every_width_match_the_reference(width, rng):
+    """The narrower GEMM tiles of a 16-register CPU, and the padded widths they give, compute
+    the reference (kernels for AVX2 run on any x86-64 CPU these tests run on)."""
+    wl = separable_workload([1, width, width, 24], "float32", [3, 3, 24, 1], "float32", [1, 1, 24, 40],
+                            "float32", [1, 1, 1, 1], "SAME")
+    kernel = Kernel(wl, build.compile_module(wl, tvm.target.Target(AVX2)).mod["main"], "test")
+    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in wl.arg_shapes]
+    out = np.full(wl.output_shape, np.nan, np.float32)
+    kernel.run(arrays, out)
+    assert_close(out, reference_for(wl, arrays), "float32")

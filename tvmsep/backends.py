@@ -90,6 +90,10 @@ class CPUArchitecture:
         """The width of the target's widest vector registers."""
         raise NotImplementedError
 
+    def vector_registers(self, vector_bits: int) -> int:
+        """How many vector registers of that width the code has, which bounds a register tile."""
+        raise NotImplementedError
+
     def host_features(self) -> set[str] | None:
         """This CPU's features under Linux's names; None where they cannot be read."""
         raise NotImplementedError
@@ -116,6 +120,9 @@ class X86_64(CPUArchitecture):
             return 512
         return 256 if (mcpu or "avx2" in llvm_features) else 128
 
+    def vector_registers(self, vector_bits: int) -> int:
+        return 32 if vector_bits == 512 else 16  # AVX-512 doubles the register file too
+
     def host_features(self) -> set[str] | None:
         try:
             with open("/proc/cpuinfo") as f:
@@ -141,6 +148,9 @@ class AArch64(CPUArchitecture):
 
     def vector_bits(self, mcpu: str, llvm_features: set[str]) -> int:
         return 128
+
+    def vector_registers(self, vector_bits: int) -> int:
+        return 32
 
     def host_features(self) -> set[str] | None:
         import ctypes
@@ -234,6 +244,10 @@ class CPU(Backend):
         """The width of the target's widest vector registers, which the schedules fill."""
         features = {str(a).lstrip("+") for a in target.attrs.get("mattr", [])}
         return self.architecture(target).vector_bits(self.chip(target), features)
+
+    def vector_registers(self, target: Any) -> int:
+        """How many of those registers there are: 16 on x86-64 below AVX-512, else 32."""
+        return self.architecture(target).vector_registers(self.vector_bits(target))
 
     def export(self, executable: Any, path: str, target: Any, compiler: str | None = None) -> None:
         """Code for this machine's architecture is linked as any backend's; code for another needs

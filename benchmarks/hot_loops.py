@@ -6,8 +6,8 @@ For each layer's depthwise and separable kernel, compiled as `tvmsep` compiles i
 target (x86-64 or aarch64, this machine's or another's: nothing runs), every loop whose body
 holds vector FMAs is listed with its instructions, its FMAs, its memory loads and stores and
 its vector spills (vector registers moved to or from the stack: a register tile that does not
-fit the register file shows up there). A loop is a block of straight-line code that branches back to its own start, which is
-how LLVM lays out the innermost loops these schedules unroll.
+fit the register file shows up there). A loop is the code from a label to a later branch back
+to it, with no such loop inside (`loops`).
 """
 
 from __future__ import annotations

@@ -425,9 +425,10 @@ def _gemm_padding(wl: Workload, target: Target, lanes: int) -> tuple[int, int]:
             channels = multiple
             break
     vectors = _gemm_vectors(_round_up(out, channels), lanes)
-    rows = _block(wl.out_width, _gemm_rows(target, vectors))
+    preferred = _gemm_rows(target, vectors)
+    rows = _block(wl.out_width, preferred)
     if wl.out_width % rows:
-        rows = _padded_block(wl.out_width, _gemm_rows(target, vectors), _gemm_row_limit(target, vectors))
+        rows = _padded_block(wl.out_width, preferred, _gemm_row_limit(target, vectors))
     return rows, channels
 
 

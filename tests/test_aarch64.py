@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tvm
 from tvm.target import Target
 
 import tvmsep
@@ -196,9 +195,10 @@ def test_a_tuning_job_measures_on_an_emulated_board_over_rpc(tmp_path):
         server = start_server(tracker_port, "pi4", python=[str(EMULATION / "python")], env=env)
         wait_for_servers(tracker_port, "pi4", 1, timeout=180)
         job = subprocess.run(
-            [sys.executable, "-m", "tvmsep.cli", "tune", "--op", "depthwise", "--input", "1,8,8,16", "--filter", "3,3,16,1", "--trials", "3",
-             "--target", json.dumps(A72), "--rpc", f"127.0.0.1:{tracker_port}", "--rpc-key", "pi4",
-             "--log-dir", str(tmp_path)], capture_output=True, text=True, timeout=900)
+            [sys.executable, "-m", "tvmsep.cli", "tune", "--op", "depthwise", "--input", "1,8,8,16",
+             "--filter", "3,3,16,1", "--trials", "3", "--target", json.dumps(A72),
+             "--rpc", f"127.0.0.1:{tracker_port}", "--rpc-key", "pi4", "--log-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=900)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "speed-up" in job.stdout and "failed" not in job.stdout, job.stdout
     finally:
@@ -216,11 +216,7 @@ def test_a_tuning_job_measures_on_an_emulated_board_over_rpc(tmp_path):
 def test_neon_register_tiles_fit_the_32_registers(preset):
     """Read from the assembly: no loop with vector FMAs in a MobileNet kernel for a Pi 4's core
     keeps part of its register tile on the stack."""
-    from helpers.assembly import hot_loops
+    from helpers.assembly import spilling_loops
     workloads = dict.fromkeys(layer.workload(op) for layer in network(preset) for op in ("depthwise", "separable"))
-    spilling = {}
-    for wl in workloads:
-        loops = hot_loops.loops(hot_loops.kernel_assembly(wl, A72))
-        assert any(loop.fmas >= 8 for loop in loops), f"no vector FMA loop found in {wl.describe()}"
-        spilling.update({f"{wl.describe()} {loop.label}": loop for loop in loops if loop.spills})
+    spilling = spilling_loops(workloads, A72)
     assert not spilling, spilling

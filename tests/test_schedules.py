@@ -229,14 +229,11 @@ def test_gemm_tiles_fit_the_16_registers_of_avx2(preset):
     their register tiles out of the stack. VALID padding, because the padding's per-tap
     selects take vector registers as masks there (AVX-512 keeps them in mask registers),
     which is the depthwise stage's matter, not the GEMM tile's."""
-    from helpers.assembly import hot_loops
+    from helpers.assembly import spilling_loops
     from tvmsep.networks import network
-    spilling = {}
-    for layer in network(preset):
-        wl = dataclasses.replace(layer.arguments("separable"), padding="VALID").workload()
-        loops = hot_loops.loops(hot_loops.kernel_assembly(wl, AVX2))
-        assert any(loop.fmas >= 8 for loop in loops), f"no vector FMA loop found in {wl.describe()}"
-        spilling.update({f"{wl.describe()} {loop.label}": loop for loop in loops if loop.spills})
+    workloads = [dataclasses.replace(layer.arguments("separable"), padding="VALID").workload()
+                 for layer in network(preset)]
+    spilling = spilling_loops(workloads, AVX2)
     assert not spilling, spilling
 
 

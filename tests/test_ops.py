@@ -208,15 +208,24 @@ def test_misaligned_arrays_are_used_in_place(rng):
     assert_close(out, depthwise_reference(x, f, wl), "float32")
 
 
-def test_a_large_depthwise_result_starts_on_a_cache_line(rng):
-    """numpy allocates on 16 bytes; a depthwise kernel's vector stores would straddle lines."""
+@pytest.mark.parametrize("op", ["depthwise", "separable"])
+def test_a_large_result_starts_on_a_cache_line(op, rng):
+    """numpy allocates on 16 bytes; a depthwise kernel's vector stores would straddle lines, and
+    so would the loads of the next layer's depthwise, which reads the result as its input."""
     x = _random(rng, (1, 32, 32, 64), "float32")  # a 256 KiB result, past ALIGNED_RESULT_MIN_BYTES
     f = _random(rng, (3, 3, 64, 1), "float32")
-    wl = depthwise_workload(x.shape, x.dtype, f.shape, f.dtype, [1, 1, 1, 1], "SAME")
-    results = [tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME") for _ in range(8)]  # held: fresh allocations
+    p = _random(rng, (1, 1, 64, 64), "float32")
+    if op == "depthwise":
+        wl = depthwise_workload(x.shape, x.dtype, f.shape, f.dtype, [1, 1, 1, 1], "SAME")
+        results = [tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME") for _ in range(8)]  # held: fresh arrays
+        expected = depthwise_reference(x, f, wl)
+    else:
+        wl = separable_workload(x.shape, x.dtype, f.shape, f.dtype, p.shape, p.dtype, [1, 1, 1, 1], "SAME")
+        results = [tvmsep.separable_conv2d(x, f, p, [1, 1, 1, 1], "SAME") for _ in range(8)]
+        expected = separable_reference(x, f, p, wl)
     assert all(y.ctypes.data % runtime.CACHE_LINE_BYTES == 0 for y in results)
     assert all(y.flags.c_contiguous and y.flags.writeable and y.shape == wl.output_shape for y in results)
-    assert_close(results[-1], depthwise_reference(x, f, wl), "float32")
+    assert_close(results[-1], expected, "float32")
 
 
 @pytest.mark.parametrize("bad_out, error, words", [

@@ -11,15 +11,16 @@ Compiled CPU code assumes only element alignment (`compute._element_aligned`);
 CUDA code loads VECTOR_BYTES at a time, so a device tensor that is not aligned
 to that (a view into another tensor) is copied to one that is.
 
-A new depthwise result on the host starts on a cache line (`_line_aligned_empty`):
-numpy's allocations are 16-byte aligned, so each vector store of a depthwise
-kernel, one per handful of loads, would straddle two lines, which costs most on
-CPUs whose vectors are a whole line (AVX-512). Finding an array's address from
-Python costs about a microsecond, and numpy places one result in four on a line by
-chance, so results too small for the straddling to outweigh that are left as numpy
-allocates them (`ALIGNED_RESULT_MIN_BYTES`).
-A separable kernel's stores are few next to its GEMM's FMAs: its result is not
-moved. Measurements: benchmarks/results/ and the commit that added this.
+A new result on the host starts on a cache line (`_line_aligned_empty`). numpy
+allocates on 16 bytes, so a vector a line wide (AVX-512) at any such address
+straddles two lines: a depthwise kernel's stores would, one per handful of loads,
+and so would every load of a depthwise kernel that reads the result as its input,
+which in a network is the next layer. Those loads cost most: the kernels that run
+from L1 and L2 take up to twice as long on an input off a line
+(benchmarks/alignment.py). Finding an array's address from Python costs about a
+microsecond, and numpy places one result in four on a line by chance, so results
+too small for the straddling to outweigh that are left as numpy allocates them
+(`ALIGNED_RESULT_MIN_BYTES`).
 
 This module needs only the TVM runtime, never the compiler.
 """
@@ -43,7 +44,7 @@ __all__ = ["Kernel", "Home", "to_array", "output_array", "VECTOR_BYTES"]
 CPU, CUDA = 1, 2  # DLPack device types
 VECTOR_BYTES = 16  # the widest load the CUDA kernels issue (float4)
 CACHE_LINE_BYTES = 64
-ALIGNED_RESULT_MIN_BYTES = 64 << 10  # a new depthwise result at least this large starts on a cache line
+ALIGNED_RESULT_MIN_BYTES = 64 << 10  # a new result at least this large starts on a cache line
 
 # What a kernel takes: host arrays as numpy, device arrays as TVM tensors.
 Array = Union[np.ndarray, tvm_ffi.Tensor]
@@ -210,7 +211,7 @@ class Kernel:
         self._output_shape, self._output_dtype = workload.output_shape, np.dtype(workload.dtype)  # parsed once
         nbytes = math.prod(workload.output_shape) * self._output_dtype.itemsize
         # A new result's size when it is to start on a cache line (module docstring), else 0.
-        self._aligned_result_bytes = nbytes if workload.op == "depthwise" and nbytes >= ALIGNED_RESULT_MIN_BYTES else 0
+        self._aligned_result_bytes = nbytes if nbytes >= ALIGNED_RESULT_MIN_BYTES else 0
         threads.note_kernel()
 
     def run(self, inputs: Sequence[Array], out: Array | None, home: Home = HOST) -> Array:

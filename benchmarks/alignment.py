@@ -1,0 +1,104 @@
+"""What an input that does not start on a cache line costs a kernel, on this machine.
+
+    python benchmarks/alignment.py [--layers v1_06,v1_12,v1_13] [--op depthwise] [--output PATH]
+
+numpy aligns its arrays to 16 bytes, not to a 64-byte cache line, so an NHWC input
+whose channels are a multiple of the vector width starts each vector either on a line
+or 16, 32 or 48 bytes past one, the same for every vector of the array. Past one, every
+vector load the kernel makes straddles two lines when the vectors are a line wide
+(AVX-512), and half of them do at 256 bits. Each layer's hand-written kernel is timed
+here on the same values at each of the four starts, the result and the filter on a
+line, taking turns; medians in microseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tvmsep import build, runtime
+from tvmsep.networks import network
+from tvmsep.target import host_target
+
+LINE_BYTES = 64
+OFFSETS = (0, 16, 32, 48)  # where numpy may start an array, in bytes past a line
+
+
+def array_at(values: np.ndarray, offset: int) -> np.ndarray:
+    """A copy of `values` whose first element lies `offset` bytes past a cache line."""
+    raw = np.empty(values.nbytes + LINE_BYTES + offset, np.uint8)
+    start = -raw.ctypes.data % LINE_BYTES + offset
+    placed = raw[start:start + values.nbytes].view(values.dtype).reshape(values.shape)
+    placed[...] = values
+    return placed
+
+
+def _seconds(call, calls: int) -> list[float]:
+    """The time of each of `calls` calls in a row."""
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure(layer_names: list[str], op: str, rounds: int = 20, block: int = 25) -> list[tuple[str, list[float]]]:
+    """Per layer, the median microseconds at each of OFFSETS, timed in turns of `block` calls."""
+    layers = {layer.name: layer for layer in network("public") + network("unseen")}
+    rng = np.random.default_rng(0)
+    rows = []
+    for name in layer_names:
+        wl = layers[name].workload(op)
+        kernel = runtime.Kernel(wl, build.compile_module(wl, host_target())["main"], "hand-written")
+        shapes = [wl.input_shape, wl.filter_shape] + ([wl.pointwise_shape] if op == "separable" else [])
+        values = [rng.standard_normal(shape, dtype=np.float32) for shape in shapes]
+        out = array_at(np.full(wl.output_shape, np.nan, np.float32), 0)
+        calls = {}
+        for offset in OFFSETS:
+            inputs = [array_at(values[0], offset)] + [array_at(v, 0) for v in values[1:]]
+            calls[offset] = functools.partial(kernel.run, inputs, out)
+        samples: dict[int, list[float]] = {offset: [] for offset in OFFSETS}
+        for call in calls.values():
+            call()
+        for _ in range(rounds):
+            for offset, call in calls.items():
+                samples[offset] += _seconds(call, block)[5:]  # the first calls of a turn warm the caches
+        rows.append((name, [statistics.median(samples[o]) * 1e6 for o in OFFSETS]))
+        print(name, " ".join(f"{t:.1f}" for t in rows[-1][1]), flush=True)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", default="v1_02,v1_04,v1_06,v1_07,v1_12,v1_13,v2_02,v2_04,v2_06,v2_10,"
+                                            "xception_19x728,effb0_14x672_k5")
+    parser.add_argument("--op", choices=("depthwise", "separable"), default="depthwise")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    rows = measure(args.layers.split(","), args.op)
+    mcpu = host_target().attrs["mcpu"]
+    lines = [f"# Input start against a cache line, {args.op}, fp32 ({mcpu})", "",
+             f"- date: {datetime.date.today()}",
+             f"- command: `{' '.join(['python benchmarks/alignment.py', *sys.argv[1:]])}`",
+             "- median us per call of the hand-written kernel (result passed in, on a line), the input starting "
+             "0, 16, 32 or 48 bytes past a cache line; the four take turns in blocks of 25 calls", "",
+             "| layer | " + " | ".join(f"+{o}" for o in OFFSETS) + " | worst / on a line |",
+             "|---|" + "---|" * (len(OFFSETS) + 1)]
+    for name, times in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{t:.1f}" for t in times) + f" | {max(times) / times[0]:.2f}x |")
+    output = args.output or Path(__file__).parent / "results" / f"alignment-{mcpu}.md"
+    output.write_text("\n".join(lines) + "\n")
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

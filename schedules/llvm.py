@@ -92,6 +92,8 @@ trace with fresh decisions samples the other candidates).
 
 from __future__ import annotations
 
+import math
+
 import tvm
 from tvm import s_tir
 from tvm.target import Target
@@ -114,8 +116,10 @@ DEPTHWISE_ROW_BLOCK = 4
 # register file holds beside the weight vectors and the broadcast input (`_gemm_rows`).
 GEMM_ROWS = 8
 GEMM_VECTORS = 2
-# Waking the thread pool costs ~5 us; below this much work one core is faster.
-PARALLEL_MIN_FLOPS = 500_000
+# Waking the thread pool costs ~5 us; below this much work one core is faster (`_work`).
+PARALLEL_MIN_WORK = 500_000
+# A byte of input or result counts as this much work beside a FLOP (`_work`).
+WORK_PER_BYTE = 2
 # When one core's share of a separable's intermediate is larger than its L2
 # (`Backend.core_cache_bytes`), its GEMM would read it back from L3 once per panel:
 # the depthwise is computed chunk by chunk instead, each chunk's result at most
@@ -264,7 +268,17 @@ def _cores(target: Target) -> int:
 
 
 def _parallel(wl: Workload, target: Target) -> bool:
-    return wl.flops >= PARALLEL_MIN_FLOPS and _cores(target) > 1
+    return _work(wl) >= PARALLEL_MIN_WORK and _cores(target) > 1
+
+
+def _work(wl: Workload) -> int:
+    """A kernel's work on one core, to weigh against waking the pool: its FLOPs, and its
+    input and result at WORK_PER_BYTE a byte. A depthwise kernel does few FLOPs per byte it
+    moves (9 taps, 18 FLOPs, per 4-byte result of a 3x3 layer, and a stride-2 layer reads four
+    input values per result), so its time follows its bytes as much as its FLOPs."""
+    item = tvm.DataType(wl.dtype).bits // 8
+    elements = math.prod(wl.input_shape) + math.prod(wl.output_shape)
+    return wl.flops + WORK_PER_BYTE * item * elements
 
 
 def _pointwise_chunks(wl: Workload, target: Target, tiles_per_row: int) -> tuple[int, bool]:

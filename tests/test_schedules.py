@@ -169,6 +169,18 @@ def test_pointwise_rows_are_chunked_per_core(cores, chunked):
         assert (f"T.parallel({cores})" in build.hand_schedule(wl, target).mod.script()) == expected, name
 
 
+@pytest.mark.parametrize("shape, strides, parallel", [
+    ((1, 14, 14, 512), [1, 2, 2, 1], True),  # 0.45 MFLOP, but 0.5 MB moved: MobileNetV1's 14x14x512 s2
+    ((1, 7, 7, 256), [1, 1, 1, 1], False),  # half the FLOPs, a fifth of the bytes
+    ((1, 8, 8, 8), [1, 1, 1, 1], False),
+])
+def test_a_depthwise_runs_on_every_core_when_its_flops_or_its_bytes_are_many(shape, strides, parallel):
+    """Waking the pool pays when one core would take long: a depthwise kernel's time follows
+    the bytes it moves as much as its FLOPs (`llvm._work`)."""
+    wl = depthwise_workload(shape, "float32", (3, 3, shape[3], 1), "float32", strides, "SAME")
+    assert ("T.parallel(" in build.hand_schedule(wl, STRUCTURE).mod.script()) == parallel
+
+
 def test_pointwise_tails_are_padded_out_of_the_gemm_loop():
     """A width with no good row block (11) and channels that are not whole
     vector registers (72) pad the GEMM's domain: no bounds test in its inner

@@ -41,8 +41,8 @@ def _spaces(wl):
 # 72 output channels, with an epilogue; its 11 rows of two tiles split over the cores by tile), one
 # whose intermediate is too large for a core's L2, computed chunk by chunk (with a multiplier and an
 # epilogue), pointwise weights whose rows are a multiple of 512 bytes apart, packed panel by panel
-# (7 rows, in float16 and float64 too), 24 output channels padded to 32, and a row-blocked depthwise with a batch, a multiplier, a rate
-# and an epilogue.
+# (7 rows, in float16 and float64 too), 24 output channels padded to 32, and a row-blocked depthwise
+# with a batch, a multiplier, a rate and an epilogue.
 SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.layout == "NHWC"] + [
     ("b1-10x12x1-s1-SAME-o20-NHWC-float64",
      separable_workload((1, 10, 10, 12), "float64", (3, 3, 12, 1), "float64", (1, 1, 12, 20), "float64",

@@ -41,9 +41,11 @@ def compile_bundle(layers: Sequence[tuple[str, Workload]], target: Any, path: st
     backend = backend_for(target)
     progress(f"compiling {len(scheduled)} kernels for {backend.kind} in one library ...")
     executable = build.compile_scheduled(tvm.IRModule(scheduled), target)
-    manifest = _write(path, lambda library: backend.export(executable, library, target, compiler), lambda sha256: Manifest(
-        format=FORMAT, tvmsep=__version__, tvm=tvm.__version__, target=str(target), target_kind=backend.kind,
-        **backend.manifest_fields(target), library=LIBRARY, sha256=sha256, kernels=tuple(entries)))
+    manifest = _write(path, lambda library: backend.export(executable, library, target, compiler),
+                      lambda sha256: Manifest(
+                          format=FORMAT, tvmsep=__version__, tvm=tvm.__version__, target=str(target),
+                          target_kind=backend.kind, **backend.manifest_fields(target), library=LIBRARY,
+                          sha256=sha256, kernels=tuple(entries)))
     progress(f"wrote {path} ({(path / LIBRARY).stat().st_size / 1e6:.1f} MB library, {len(entries)} layers)")
     return manifest
 

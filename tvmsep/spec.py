@@ -291,7 +291,8 @@ def _spatial_pads(op: str, padding: Any, layout: str, sizes: tuple[int, int],
         if padding == "VALID":
             return (0, 0), (0, 0)
         if padding == "SAME":
-            return tuple(same_padding(*dim) for dim in zip(sizes, kernels, strides, dilations))  # type: ignore[return-value]
+            pads = tuple(same_padding(*dim) for dim in zip(sizes, kernels, strides, dilations))
+            return pads  # type: ignore[return-value]
         raise ValueError(f"{op}: `padding` must be 'SAME', 'VALID' or a list of 4 [before, after] pairs, "
                          f"got {padding!r}")
     bad = ValueError(f"{op}: explicit `padding` must be 4 [before, after] pairs of non-negative ints in "

@@ -6,6 +6,9 @@ checked against the float64 reference first, then timed call by call, taking
 turns in blocks, in a random order each round, so drift and a previous
 library's spinning threads hit all of them alike. Medians in ms.
 tvmsep is called as users call it: numpy in, numpy out (and with `out=`).
+Every library gets its inputs on a cache line, as the allocators of torch, TF,
+LiteRT and tvmsep's own results place them; `tvmsep_off_line` is tvmsep's call
+on an input 16 bytes past a line, where numpy puts most large arrays.
 The peers are run as their users run them:
 
 - LiteRT: a model converted by TensorFlow's TFLiteConverter from the TF op on
@@ -64,11 +67,13 @@ from tvmsep.reference import reference_for, scaled_error
 from tvmsep.spec import Workload
 from tvmsep.target import host_target
 
+from alignment import array_at
 from limits import compulsory_bytes, copy_bandwidth_gbs, fma_peak_gflops
 
 # Each library and the columns it times. A library's columns share its process when it runs alone.
-LIBRARIES = {"tvmsep": ("tvmsep", "tvmsep_out", "tvmsep_hand"), "litert": ("litert", "litert_invoke"),
-             "openvino": ("openvino",), "ort": ("ort",), "torch": ("torch", "torch_cl"), "tf": ("tf",)}
+LIBRARIES = {"tvmsep": ("tvmsep", "tvmsep_out", "tvmsep_hand", "tvmsep_off_line"),
+             "litert": ("litert", "litert_invoke"), "openvino": ("openvino",), "ort": ("ort",),
+             "torch": ("torch", "torch_cl"), "tf": ("tf",)}
 PEERS = tuple(column for library, columns in LIBRARIES.items() if library != "tvmsep" for column in columns)
 # "Best peer" is the fastest of these. LiteRT counts as its invoke alone, the input already in the
 # interpreter's buffer (as a pipeline that writes into `interpreter.tensor(i)()` has it): its strongest form.
@@ -77,6 +82,10 @@ NAMES = {"litert": "LiteRT (XNNPACK) set/invoke/get", "litert_invoke": "LiteRT (
          "openvino": "OpenVINO", "ort": "ONNX Runtime", "torch": "PyTorch NCHW", "torch_cl": "PyTorch channels_last",
          "tf": "TensorFlow"}
 PEER_TOLERANCE = 1e-3  # of the output's scale: the peers sum in other orders, some with FMA and some without
+# Every library gets its inputs on a cache line, as the allocators of tvmsep's results, torch, TF and
+# LiteRT place them; tvmsep_off_line is tvmsep's call on an input this far past one, where numpy
+# puts most large arrays (benchmarks/alignment.py times what that costs a kernel).
+OFF_LINE_BYTES = 16
 TINY = Layer("tiny_8x8x8", 1, 8, 8, 1, 8)  # a kernel of well under a microsecond: the call is the cost
 GROUPS = {"v1": "MobileNetV1", "v2": "MobileNetV2", "extra": "batch 8 / rate 2 / multiplier 2",
           "unseen": "other networks, never tuned", "tiny": "8x8x8, per-call overhead"}
@@ -241,14 +250,14 @@ def _implementations(layer: Layer, op: str, threads: int, rng, libraries, epilog
     `epilogue`: relu6(conv + bias) everywhere, with a fresh bias. Every process draws the same
     inputs (the same seed, the same layers in the same order)."""
     wl = layer.workload(op)
-    x = rng.standard_normal(wl.input_shape, dtype=np.float32)
-    f = rng.standard_normal(wl.filter_shape, dtype=np.float32)
-    p = rng.standard_normal(wl.pointwise_shape, dtype=np.float32) if op == "separable" else None
-    bias = rng.standard_normal(wl.out_channels, dtype=np.float32) if epilogue else None
+    x = array_at(rng.standard_normal(wl.input_shape, dtype=np.float32), 0)
+    f = array_at(rng.standard_normal(wl.filter_shape, dtype=np.float32), 0)
+    p = array_at(rng.standard_normal(wl.pointwise_shape, dtype=np.float32), 0) if op == "separable" else None
+    bias = array_at(rng.standard_normal(wl.out_channels, dtype=np.float32), 0) if epilogue else None
     if epilogue:
         wl = dataclasses.replace(wl, bias=True, activation="relu6")
     inputs = [a for a in (x, f, p, bias) if a is not None]
-    x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    x_nchw = array_at(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), 0)
     impls = {}
     if "tvmsep" in libraries:
         args = (layer.strides, layer.padding, [layer.rate, layer.rate])
@@ -258,8 +267,11 @@ def _implementations(layer: Layer, op: str, threads: int, rng, libraries, epilog
         out = np.full(wl.output_shape, np.nan, np.float32)
         hand = runtime.Kernel(wl, build.compile_module(wl, host_target())["main"], "hand-written")
         hand_out = np.full(wl.output_shape, np.nan, np.float32)
+        x_off = array_at(x, OFF_LINE_BYTES)
+        off = (lambda: tvmsep.depthwise_conv2d(x_off, f, *args, **fused)) if p is None else \
+            (lambda: tvmsep.separable_conv2d(x_off, f, p, *args, **fused))
         impls.update(tvmsep=(ours, ours), tvmsep_out=(lambda: ours(out=out), lambda: out),
-                     tvmsep_hand=(lambda: hand.run(inputs, hand_out), lambda: hand_out))
+                     tvmsep_hand=(lambda: hand.run(inputs, hand_out), lambda: hand_out), tvmsep_off_line=(off, off))
     if "litert" in libraries:
         impls["litert"], impls["litert_invoke"] = _litert(layer, wl, x, f, p, bias, threads)
     if "openvino" in libraries:
@@ -473,6 +485,13 @@ def main() -> int:
         if values:
             summary.append(f"- {op}, all layers above ({len(values)}): {_geomean(values):.2f}x "
                            f"(lowest {min(values):.2f}x; tvmsep fastest on {sum(v > 1 for v in values)})")
+    for op in ("depthwise", "separable"):
+        values = [min(_ratio(ms, baselines) * ms["tvmsep"] / ms["tvmsep_off_line"] for ms in modes)
+                  for key, modes in ((key, (shared[key], alone[key])) for key in shared)
+                  if key.endswith(op) and not key.startswith(TINY.name)]
+        if values:
+            summary.append(f"- {op}, tvmsep on an input {OFF_LINE_BYTES} bytes past a cache line "
+                           f"(`tvmsep_off_line`): {_geomean(values):.2f}x (lowest {min(values):.2f}x)")
     summary += ["", "Geometric mean of each peer over tvmsep (all layers above, the less favourable run):", ""]
     for (op, p), values in per_peer.items():
         summary.append(f"- {op}, {NAMES[p]}: {_geomean(values):.2f}x (lowest {min(values):.2f}x)")
@@ -488,7 +507,10 @@ def main() -> int:
               "then all in one process; within a process the implementations take turns in blocks of 25 calls "
               "(the first 5 not counted) in a random order each round. A ratio is the less favourable of the two "
               "runs. tvmsep is NHWC numpy in/out, `tvmsep_out` passes `out=`; `litert` is set_tensor, invoke "
-              "and get_tensor, `litert_invoke` invoke alone; `tvmsep_hand` (with `out=`) is "
+              "and get_tensor, `litert_invoke` invoke alone; every library's inputs start on a cache line, "
+              "as the allocators of torch, TF, LiteRT and tvmsep's own results place them, and "
+              f"`tvmsep_off_line` is tvmsep's call on an input {OFF_LINE_BYTES} bytes past one, where numpy puts "
+              "most large arrays; `tvmsep_hand` (with `out=`) is "
               "the hand-written schedule, which differs from tvmsep's where a tuned one is shipped; LiteRT and "
               "OpenVINO get NHWC, ORT and torch NCHW (torch_cl: channels_last), TF NHWC eager. Every "
               "implementation was checked against the float64 reference first.",

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import tvmsep
-from tvmsep import ops, runtime
+from tvmsep import dispatch, ops, runtime
 from tvmsep.cache import CacheWarning
 from tvmsep.networks import network
 from tvmsep.reference import depthwise_reference, reference_for, separable_reference
@@ -277,6 +277,25 @@ def test_memo_keeps_apart_values_that_compare_equal(rng):
             tvmsep.depthwise_conv2d(x, f, strides, pads)
     with pytest.raises(ValueError, match="explicit `padding` must be 4"):
         tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], np.array(pads).ravel())
+
+
+@pytest.mark.parametrize("op", ["depthwise", "separable"])
+def test_a_repeated_numpy_call_runs_from_the_memo(op, rng, monkeypatch):
+    """The second call with the same argument values finds its kernel by the short path's key,
+    which must be the key the first call remembered: it never reaches `Dispatcher._find`."""
+    x, f, p = _random(rng, (1, 8, 8, 4), "float32"), _random(rng, (3, 3, 4, 1), "float32"), \
+        _random(rng, (1, 1, 4, 6), "float32")
+    call = (lambda **kw: tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", **kw)) if op == "depthwise" else \
+        (lambda **kw: tvmsep.separable_conv2d(x, f, p, [1, 1, 1, 1], "SAME", **kw))
+    expected = call()
+    found = []
+    original = dispatch.Dispatcher._find
+    monkeypatch.setattr(dispatch.Dispatcher, "_find", lambda self, *a: found.append(a) or original(self, *a))
+    out = np.full(expected.shape, np.nan, np.float32)
+    assert call(out=out) is out
+    assert_close(call(), expected, "float32")
+    assert_close(out, expected, "float32")
+    assert found == []
 
 
 def test_torch_tensors_round_trip_zero_copy(rng):

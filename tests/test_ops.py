@@ -253,10 +253,19 @@ def test_out_may_not_alias_input(rng):
     x, overlapping = shared[:256].reshape(1, 8, 8, 4), shared[128:384].reshape(1, 8, 8, 4)
     with pytest.raises(ValueError, match="overlaps an input"):
         tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", out=overlapping)
-    out = np.full((1, 8, 8, 4), np.nan, np.float32)
+    # Views of views of one array, and arrays in one buffer that numpy did not allocate.
+    chained = shared.reshape(2, 256)[:, :].ravel()
+    with pytest.raises(ValueError, match="overlaps an input"):
+        tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", out=chained[128:384].reshape(1, 8, 8, 4))
+    foreign = bytearray(shared.tobytes())
+    with pytest.raises(ValueError, match="overlaps an input"):
+        tvmsep.depthwise_conv2d(np.frombuffer(foreign, np.float32, 256).reshape(1, 8, 8, 4), f, [1, 1, 1, 1],
+                                "SAME", out=np.frombuffer(foreign, np.float32, 256, 512).reshape(1, 8, 8, 4))
     wl = depthwise_workload(x.shape, x.dtype, f.shape, f.dtype, [1, 1, 1, 1], "SAME")
-    tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", out=out)  # owners apart: in place
-    assert_close(out, depthwise_reference(x, f, wl), "float32")
+    for out in (np.full((1, 8, 8, 4), np.nan, np.float32),  # owners apart: in place
+                np.full((3, 256), np.nan, np.float32)[1].reshape(1, 8, 8, 4)):  # a view of another array
+        tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", out=out)
+        assert_close(out, depthwise_reference(x, f, wl), "float32")
 
 
 def test_bad_target():

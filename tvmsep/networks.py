@@ -88,10 +88,20 @@ def _unseen() -> list[Layer]:
     # Real layers of other networks, absent from the public list and never tuned: what a
     # user brings. EfficientNet-B0 (Tan & Le 2019, Table 1): MBConv6 5x5 blocks, the
     # stride-2 one of stage 3 and a stage-5 one; Xception (Chollet 2017, Fig. 5): a
-    # middle-flow separable convolution at 19x19x728 (299x299 input).
+    # middle-flow separable convolution at 19x19x728 (299x299 input). MobileNetV3-Small
+    # (Howard et al. 2019, Table 2): the bottlenecks with expansion 88 (3x3, 28x28) and 120
+    # (5x5, 14x14), channel counts that are not whole AVX-512 vectors. ConvNeXt-T (Liu et al.
+    # 2022): the 7x7 depthwise and 4x pointwise expansion of its first and last stages.
+    # Keras' MobileNetV2: a stride-2 block as Keras builds it, explicit zero padding to
+    # 113x113 and then VALID.
     return [Layer("effb0_56x144_k5", 1, 56, 144, 2, 40, kernel=5),
             Layer("effb0_14x672_k5", 1, 14, 672, 1, 112, kernel=5),
-            Layer("xception_19x728", 1, 19, 728, 1, 728)]
+            Layer("xception_19x728", 1, 19, 728, 1, 728),
+            Layer("mnv3s_28x88", 1, 28, 88, 1, 24),
+            Layer("mnv3s_14x120_k5", 1, 14, 120, 1, 48, kernel=5),
+            Layer("convnext_56x96_k7", 1, 56, 96, 1, 384, kernel=7),
+            Layer("convnext_7x768_k7", 1, 7, 768, 1, 3072, kernel=7),
+            Layer("keras_v2_113x96_valid", 1, 113, 96, 2, 24, padding="VALID")]
 
 
 NETWORKS = {

@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,8 @@ import numpy as np
 from tvmsep import build, runtime
 from tvmsep.networks import network
 from tvmsep.target import host_target
+
+from limits import median_ms_in_turns
 
 LINE_BYTES = 64
 OFFSETS = (0, 16, 32, 48)  # where numpy may start an array, in bytes past a line
@@ -40,18 +40,8 @@ def array_at(values: np.ndarray, offset: int) -> np.ndarray:
     return placed
 
 
-def _seconds(call, calls: int) -> list[float]:
-    """The time of each of `calls` calls in a row."""
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def measure(layer_names: list[str], op: str, rounds: int = 20, block: int = 25) -> list[tuple[str, list[float]]]:
-    """Per layer, the median microseconds at each of OFFSETS, timed in turns of `block` calls."""
+def measure(layer_names: list[str], op: str, repeats: int = 400) -> list[tuple[str, list[float]]]:
+    """Per layer, the median microseconds at each of OFFSETS, the four taking turns."""
     layers = {layer.name: layer for layer in network("public") + network("unseen")}
     rng = np.random.default_rng(0)
     rows = []
@@ -61,17 +51,11 @@ def measure(layer_names: list[str], op: str, rounds: int = 20, block: int = 25) 
         shapes = [wl.input_shape, wl.filter_shape] + ([wl.pointwise_shape] if op == "separable" else [])
         values = [rng.standard_normal(shape, dtype=np.float32) for shape in shapes]
         out = array_at(np.full(wl.output_shape, np.nan, np.float32), 0)
-        calls = {}
-        for offset in OFFSETS:
-            inputs = [array_at(values[0], offset)] + [array_at(v, 0) for v in values[1:]]
-            calls[offset] = functools.partial(kernel.run, inputs, out)
-        samples: dict[int, list[float]] = {offset: [] for offset in OFFSETS}
-        for call in calls.values():
-            call()
-        for _ in range(rounds):
-            for offset, call in calls.items():
-                samples[offset] += _seconds(call, block)[5:]  # the first calls of a turn warm the caches
-        rows.append((name, [statistics.median(samples[o]) * 1e6 for o in OFFSETS]))
+        rest = [array_at(v, 0) for v in values[1:]]
+        calls = {offset: functools.partial(kernel.run, [array_at(values[0], offset), *rest], out)
+                 for offset in OFFSETS}
+        ms = median_ms_in_turns(calls, repeats)
+        rows.append((name, [ms[offset] * 1e3 for offset in OFFSETS]))
         print(name, " ".join(f"{t:.1f}" for t in rows[-1][1]), flush=True)
     return rows
 
@@ -89,7 +73,8 @@ def main() -> int:
              f"- date: {datetime.date.today()}",
              f"- command: `{' '.join(['python benchmarks/alignment.py', *sys.argv[1:]])}`",
              "- median us per call of the hand-written kernel (result passed in, on a line), the input starting "
-             "0, 16, 32 or 48 bytes past a cache line; the four take turns in blocks of 25 calls", "",
+             "0, 16, 32 or 48 bytes past a cache line; the four take turns in blocks of 25 calls, in a random "
+             "order each round, the first 5 of a block not counted", "",
              "| layer | " + " | ".join(f"+{o}" for o in OFFSETS) + " | worst / on a line |",
              "|---|" + "---|" * (len(OFFSETS) + 1)]
     for name, times in rows:

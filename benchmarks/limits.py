@@ -9,6 +9,7 @@ this AMD CPU and reach about half of it; their GEMM speed is reported beside it.
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import time
 
@@ -22,7 +23,8 @@ from tvmsep.spec import Workload
 from tvmsep.target import host_target
 from tvmsep.threads import usable_cores
 
-__all__ = ["median_seconds", "copy_bandwidth_gbs", "fma_peak_gflops", "blas_gflops", "copy_ms", "compulsory_bytes"]
+__all__ = ["median_seconds", "median_ms_in_turns", "copy_bandwidth_gbs", "fma_peak_gflops", "blas_gflops", "copy_ms",
+           "compulsory_bytes"]
 
 # Independent accumulators per core: FMA latency (4 cycles) x 2 pipes, plus slack.
 CHAINS = 12
@@ -37,6 +39,29 @@ def median_seconds(fn, repeats: int = 15) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def median_ms_in_turns(calls: dict, repeats: int, block: int = 25, settle: int = 5) -> dict[str, float]:
+    """Median ms per call. Implementations take turns in blocks of `block` calls,
+    in a fresh random order every round: drift hits all alike. The first
+    `settle` calls of a block are not counted: they share the cores with the
+    previous library's thread pool, still spinning (TF's spins for milliseconds)."""
+    samples = {name: [] for name in calls}
+    order = list(calls)
+    shuffle = random.Random(0).shuffle
+    for _ in range(3):
+        for call in calls.values():
+            call()
+    for _ in range(max(1, repeats // (block - settle))):
+        shuffle(order)
+        for name in order:
+            call = calls[name]
+            for i in range(block):
+                start = time.perf_counter()
+                call()
+                if i >= settle:
+                    samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) * 1e3 for name, s in samples.items()}
 
 
 def copy_bandwidth_gbs() -> float:

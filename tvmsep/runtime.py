@@ -16,7 +16,7 @@ allocates on 16 bytes, so a vector a line wide (AVX-512) at any such address
 straddles two lines: a depthwise kernel's stores would, one per handful of loads,
 and so would every load of a depthwise kernel that reads the result as its input,
 which in a network is the next layer. Those loads cost most: the kernels that run
-from L1 and L2 take up to twice as long on an input off a line
+from L1 and L2 take much longer on an input off a line
 (benchmarks/alignment.py). Finding an array's address from Python costs about a
 microsecond, and numpy places one result in four on a line by chance, so results
 too small for the straddling to outweigh that are left as numpy allocates them

@@ -164,10 +164,14 @@ def test_bad_epilogue(kwargs, error, words, rng):
 
 
 def test_empty_batch_gives_empty_result(rng):
+    """Also when repeated: the second call takes the memo's short path, with and without `out=`."""
     x = np.zeros((0, 9, 9, 3), np.float32)
-    y = tvmsep.separable_conv2d(x, _random(rng, (3, 3, 3, 2), "float32"), _random(rng, (1, 1, 6, 4), "float32"),
-                                [1, 2, 2, 1], "SAME")
-    assert y.shape == (0, 5, 5, 4) and y.dtype == np.float32
+    f, p = _random(rng, (3, 3, 3, 2), "float32"), _random(rng, (1, 1, 6, 4), "float32")
+    for _ in range(2):
+        y = tvmsep.separable_conv2d(x, f, p, [1, 2, 2, 1], "SAME")
+        assert y.shape == (0, 5, 5, 4) and y.dtype == np.float32
+        out = np.empty((0, 5, 5, 4), np.float32)
+        assert tvmsep.separable_conv2d(x, f, p, [1, 2, 2, 1], "SAME", out=out) is out
 
 
 def test_nan_propagates_only_where_it_is_read(rng):

@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import platform
@@ -258,16 +259,17 @@ def _implementations(layer: Layer, op: str, threads: int, rng, libraries, epilog
     x_nchw = array_at(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), 0)
     impls = {}
     if "tvmsep" in libraries:
-        args = (layer.strides, layer.padding, [layer.rate, layer.rate])
-        fused = dict(bias=bias, activation=wl.activation)
-        ours = (lambda source=x, **kw: tvmsep.depthwise_conv2d(source, f, *args, **fused, **kw)) if p is None else \
-            (lambda source=x, **kw: tvmsep.separable_conv2d(source, f, p, *args, **fused, **kw))
+        # The call as a user writes it: the epilogue's arguments only when there is one.
+        filters = (f,) if p is None else (f, p)
+        options = (layer.strides, layer.padding, [layer.rate, layer.rate])
+        fused = dict(bias=bias, activation=wl.activation) if epilogue else {}
+        op_call = tvmsep.depthwise_conv2d if p is None else tvmsep.separable_conv2d
+        ours = functools.partial(op_call, x, *filters, *options, **fused)
         out = np.full(wl.output_shape, np.nan, np.float32)
         hand = runtime.Kernel(wl, build.compile_module(wl, host_target())["main"], "hand-written")
         hand_out = np.full(wl.output_shape, np.nan, np.float32)
-        x_off = array_at(x, OFF_LINE_BYTES)
-        off_line = lambda: ours(x_off)  # noqa: E731
-        impls.update(tvmsep=(ours, ours), tvmsep_out=(lambda: ours(out=out), lambda: out),
+        off_line = functools.partial(op_call, array_at(x, OFF_LINE_BYTES), *filters, *options, **fused)
+        impls.update(tvmsep=(ours, ours), tvmsep_out=(functools.partial(ours, out=out), lambda: out),
                      tvmsep_hand=(lambda: hand.run(inputs, hand_out), lambda: hand_out),
                      tvmsep_off_line=(off_line, off_line))
     if "litert" in libraries:

@@ -109,6 +109,8 @@ def test_kernels_by_name_and_by_arguments(bundle_path, rng):
         bundle.run("v2_05_dw", x[:, 1:], f)
     with pytest.raises(KeyError, match="it holds: v1_02"):
         bundle.kernel("v9_99")
+    with pytest.raises(TypeError, match="run on the target they were compiled for"):
+        bundle.depthwise_conv2d(x, f, [1, wl.stride_h, wl.stride_w, 1], "SAME", target="llvm")
 
 
 def test_arguments_that_match_no_kernel_list_what_the_bundle_holds(bundle_path):

@@ -261,6 +261,10 @@ def test_out_may_not_alias_input(rng):
     chained = shared.reshape(2, 256)[:, :].ravel()
     with pytest.raises(ValueError, match="overlaps an input"):
         tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", out=chained[128:384].reshape(1, 8, 8, 4))
+    through_dlpack = np.from_dlpack(shared)  # another array over the same memory, its base not `shared`
+    with pytest.raises(ValueError, match="overlaps an input"):
+        tvmsep.depthwise_conv2d(through_dlpack[:256].reshape(1, 8, 8, 4), f, [1, 1, 1, 1], "SAME",
+                                out=shared[128:384].reshape(1, 8, 8, 4))
     foreign = bytearray(shared.tobytes())
     with pytest.raises(ValueError, match="overlaps an input"):
         tvmsep.depthwise_conv2d(np.frombuffer(foreign, np.float32, 256).reshape(1, 8, 8, 4), f, [1, 1, 1, 1],

@@ -141,7 +141,10 @@ class Bundle:
             kernel = runtime.Kernel(entry.workload, module[entry.function], "bundle", device)
             self.kernels[entry.name] = kernel
             self._by_workload.setdefault(entry.workload, kernel)
-        self._call = Dispatcher(self._kernel_for, lambda target: None)
+        self._call = Dispatcher(self._kernel_for, self._refuse_target)
+        # `tvmsep.depthwise_conv2d` and `separable_conv2d` with this bundle's kernels (no compiling).
+        self.depthwise_conv2d = self._call.depthwise_conv2d
+        self.separable_conv2d = self._call.separable_conv2d
 
     def __repr__(self) -> str:
         return f"<tvmsep bundle {self.path}: {len(self.kernels)} kernels for {self.target}>"
@@ -172,27 +175,17 @@ class Bundle:
         self.kernel(name)  # a clear error for an unknown name
         return next(e.function for e in self.manifest.kernels if e.name == name)
 
+    def _refuse_target(self, target: Any) -> None:
+        if target is not None:
+            raise TypeError(f"{self.path}: a bundle's kernels run on the target they were compiled for "
+                            f"({self.target}); its ops take no `target`")
+
     def _kernel_for(self, wl: Workload, target: Any) -> runtime.Kernel:
         kernel = self._by_workload.get(wl)
         if kernel is None:
             held = "\n  ".join(f"{name}: {k.workload.describe()}" for name, k in self.kernels.items())
             raise BundleError(f"{self.path} has no kernel for {wl.describe()}; it holds:\n  {held}")
         return kernel
-
-    def depthwise_conv2d(self, input: Any, filter: Any, strides: Any, padding: Any, rate: Any = None,
-                         name: Any = None, data_format: Any = None, dilations: Any = None, *,
-                         bias: Any = None, activation: str | None = None, out: Any = None) -> Any:
-        """`tvmsep.depthwise_conv2d` with this bundle's kernels (no compiling)."""
-        return self._call.depthwise(input, filter, strides, padding, rate, name, data_format, dilations, bias,
-                                    activation, None, out)
-
-    def separable_conv2d(self, input: Any, depthwise_filter: Any, pointwise_filter: Any, strides: Any,
-                         padding: Any, rate: Any = None, name: Any = None, data_format: Any = None,
-                         dilations: Any = None, *, bias: Any = None, activation: str | None = None,
-                         out: Any = None) -> Any:
-        """`tvmsep.separable_conv2d` with this bundle's kernels (no compiling)."""
-        return self._call.separable(input, depthwise_filter, pointwise_filter, strides, padding, rate, name,
-                                    data_format, dilations, bias, activation, None, out)
 
 
 def load(path: str | Path) -> Bundle:

@@ -13,7 +13,9 @@ so in C, faster than a Python walk over the values. The commonest call, numpy
 arrays and the default target, builds that key from its arguments as they
 come and runs from the memo without the general path's conversions
 (`_remembered_numpy_call`): on a small layer the call's Python is most of
-its time, so that path makes as few Python calls as it can.
+its time, so that path makes as few Python calls as it can, and the public
+ops are the Dispatcher's own methods, not functions that pass their
+arguments on.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ from .spec import Workload, depthwise_workload, separable_workload, split_bias
 __all__ = ["Dispatcher"]
 
 _MEMO_LIMIT = 4096
-_NOT_REMEMBERED = object()  # `Dispatcher._remembered_numpy_call` left the call to `__call__`
 
 
 class Dispatcher:
-    """`dispatcher(op, arrays, options, target, out)`: one checked call of `op`.
+    """The public ops, `depthwise_conv2d` and `separable_conv2d`, as methods: the module's functions
+    (and a bundle's) are these bound methods themselves, as a function that passed its arguments on
+    would cost a tenth of a small layer's call. `dispatcher(op, arrays, options, target, out)`: one
+    checked call of `op`, their general path.
 
     kernel_for(workload, target) -> Kernel finds (or compiles) the kernel;
     check_target(target) raises on a target that is wrong even when there is
@@ -48,7 +52,8 @@ class Dispatcher:
                  check_target: Callable[[Any], Any]) -> None:
         self._kernel_for = kernel_for
         self._check_target = check_target
-        # (op, shape and dtype of each array in turn, serialized options and target) -> (workload, kernel)
+        # (op, shape and dtype of each array but the bias in turn, the bias's (shape, dtype) or None,
+        # serialized options and target) -> (workload, kernel)
         self._memo: dict[tuple, tuple[Workload, Any]] = {}
 
     def clear(self) -> None:
@@ -57,27 +62,25 @@ class Dispatcher:
 
     def __call__(self, op: str, arrays: tuple[tuple[str, Any], ...], options: tuple, target: Any,
                  out: Any) -> Any:
-        inputs, home, shapes = _converted(arrays)
-        wl, kernel = self._find(op, inputs, shapes, options, target)
+        inputs, home, arrays_key = _converted(op, arrays)
+        wl, kernel = self._find(op, inputs, arrays_key, options, target)
         if out is None and home.empty is not None:
             out = home.empty(wl.output_shape, wl.dtype)  # on the caller's GPU, as the caller's type
         if out is None:
             result = kernel.run(inputs, None, home)
             return result if home is runtime.HOST else home.wrap(result)
-        if type(out) is np.ndarray and kernel.checks_output:
-            kernel.run_into(inputs, out)
-        else:
+        if type(out) is not np.ndarray or kernel.run_numpy(inputs, out) is None:
             kernel.run(inputs, runtime.output_array(op, out, wl, inputs), home)
         return out
 
-    def _find(self, op: str, inputs: list[runtime.Array], shapes: list, options: tuple,
+    def _find(self, op: str, inputs: list[runtime.Array], arrays_key: list, options: tuple,
               target: Any) -> tuple[Workload, Any]:
         """(workload, kernel) of a call: from the memo when these argument values were seen,
         else checked by spec and found by `kernel_for`, and remembered."""
         # A Target serializes slowly (15 µs); its string names it. `is None` first: isinstance costs 0.1 µs.
         target_key = target if target is None or not isinstance(target, tvm.target.Target) else str(target)
         serialized = _serialized((options, target_key))
-        memo_key = None if serialized is None else (op, *shapes, serialized)
+        memo_key = None if serialized is None else (*arrays_key, serialized)
         hit = None if memo_key is None else self._memo.get(memo_key)
         if hit is None:
             wl = _workload(op, inputs, options)
@@ -88,69 +91,87 @@ class Dispatcher:
                 self._memo[memo_key] = hit
         return hit
 
-    def depthwise(self, input: Any, filter: Any, strides: Any, padding: Any, rate: Any, name: Any,
-                  data_format: Any, dilations: Any, bias: Any, activation: Any, target: Any, out: Any) -> Any:
-        """`depthwise_conv2d`'s arguments, in its order, named as its errors name them."""
+    def depthwise_conv2d(self, input: Any, filter: Any, strides: Any, padding: Any, rate: Any = None,
+                         name: Any = None, data_format: Any = None, dilations: Any = None, *, bias: Any = None,
+                         activation: str | None = None, target: Any = None, out: Any = None) -> Any:
+        """`tf.nn.depthwise_conv2d`, compiled by TVM.
+
+        input: 4-D, NHWC [N, H, W, C] or NCHW [N, C, H, W]; filter: [KH, KW, C, M].
+        Returns [N, OH, OW, C*M] (NHWC) or [N, C*M, OH, OW], the input's dtype, as
+        the input's array type (numpy, or torch/JAX via DLPack), or `out` when given.
+        `bias` ([C*M], the input's dtype) and `activation` ("relu" or "relu6") are an
+        optional epilogue fused into the kernel: activation(conv + bias), rounded once.
+        `target`: None (this CPU), a TVM target dict or `tvm.target.Target`; a loaded
+        bundle's kernels run on the target they were compiled for and take none.
+        """
         options = (strides, padding, rate, name, data_format, dilations, activation)
         if target is None and type(input) is np.ndarray and type(filter) is np.ndarray:
-            done = self._remembered_numpy_call("depthwise", (input, filter) if bias is None else (input, filter, bias),
-                                               options, out)
-            if done is not _NOT_REMEMBERED:
+            done = self._remembered_numpy_call(("depthwise", input.shape, input.dtype, filter.shape, filter.dtype),
+                                               (input, filter), bias, options, out)
+            if done is not None:
                 return done
         return self("depthwise", _arrays((("input", input), ("filter", filter)), bias), options, target, out)
 
-    def separable(self, input: Any, depthwise_filter: Any, pointwise_filter: Any, strides: Any, padding: Any,
-                  rate: Any, name: Any, data_format: Any, dilations: Any, bias: Any, activation: Any,
-                  target: Any, out: Any) -> Any:
-        """`separable_conv2d`'s arguments, in its order, named as its errors name them."""
+    def separable_conv2d(self, input: Any, depthwise_filter: Any, pointwise_filter: Any, strides: Any,
+                         padding: Any, rate: Any = None, name: Any = None, data_format: Any = None,
+                         dilations: Any = None, *, bias: Any = None, activation: str | None = None,
+                         target: Any = None, out: Any = None) -> Any:
+        """`tf.nn.separable_conv2d`, compiled by TVM: depthwise, then a 1x1 channel mix.
+
+        depthwise_filter: [KH, KW, C, M]; pointwise_filter: [1, 1, C*M, O].
+        Returns [N, OH, OW, O] (NHWC) or [N, O, OH, OW]; otherwise as `depthwise_conv2d`.
+        `bias` ([O]) and `activation` apply to the pointwise result, as in Keras'
+        SeparableConv2D; the depthwise intermediate gets neither.
+        """
         options = (strides, padding, rate, name, data_format, dilations, activation)
         if target is None and type(input) is np.ndarray and type(depthwise_filter) is np.ndarray \
                 and type(pointwise_filter) is np.ndarray:
-            arrays = (input, depthwise_filter, pointwise_filter)
-            done = self._remembered_numpy_call("separable", arrays if bias is None else (*arrays, bias), options, out)
-            if done is not _NOT_REMEMBERED:
+            done = self._remembered_numpy_call(
+                ("separable", input.shape, input.dtype, depthwise_filter.shape, depthwise_filter.dtype,
+                 pointwise_filter.shape, pointwise_filter.dtype), (input, depthwise_filter, pointwise_filter),
+                bias, options, out)
+            if done is not None:
                 return done
         return self("separable", _arrays((("input", input), ("depthwise_filter", depthwise_filter),
                                           ("pointwise_filter", pointwise_filter)), bias), options, target, out)
 
-    def _remembered_numpy_call(self, op: str, arrays: tuple, options: tuple, out: Any) -> Any:
+    def _remembered_numpy_call(self, arrays_key: tuple, arrays: tuple, bias: Any, options: tuple,
+                               out: Any) -> Any:
         """The common call, its arrays numpy and its target the default, run straight from the memo
-        when `__call__` has seen its argument values (the same key: op, shape and dtype of each array,
-        serialized options and target); `_NOT_REMEMBERED` when it has not, or when a value is not as
-        simple as that, and `__call__` takes the call."""
-        key = [op]
-        for array in arrays:
-            if type(array) is not np.ndarray:  # a bias of another type
-                return _NOT_REMEMBERED
-            key += (array.shape, array.dtype)
+        when `__call__` has seen its argument values; None when it has not, or when a value is not as
+        simple as that, and `__call__` takes the call. `arrays_key`: the op, then the shape and dtype
+        of each array but the bias, in turn, which the caller writes out (a loop over the arrays
+        would cost more than the rest of this path); the key is completed as `_find`'s."""
+        if bias is None:
+            bias_key = None
+        elif type(bias) is np.ndarray:
+            arrays, bias_key = (*arrays, bias), (bias.shape, bias.dtype)
+        else:
+            return None
         try:
-            key.append(marshal.dumps((options, None), 2))  # `_serialized`'s first case, without its call
+            serialized = marshal.dumps((options, None), 2)  # `_serialized`'s first case, without its call
         except ValueError:
-            key.append(_serialized((options, None)))
-        hit = self._memo.get(tuple(key))
-        if hit is None:
-            return _NOT_REMEMBERED
-        kernel = hit[1]
-        if out is None:
-            return kernel.run_new(arrays)
-        if type(out) is np.ndarray and kernel.checks_output:
-            kernel.run_into(arrays, out)
-            return out
-        return _NOT_REMEMBERED
+            serialized = _serialized((options, None))
+        hit = self._memo.get((*arrays_key, bias_key, serialized))
+        return None if hit is None else hit[1].run_numpy(arrays, out)
 
 
-def _converted(arrays: tuple[tuple[str, Any], ...]) -> tuple[list[runtime.Array], runtime.Home, list]:
+def _converted(op: str, arrays: tuple[tuple[str, Any], ...]) -> tuple[list[runtime.Array], runtime.Home, list]:
     """The named arrays as a kernel takes them, where the first one lives (its results go
-    there too), and the shape and dtype of each in turn (the memo's key)."""
-    inputs, home, shapes = [], None, []
+    there too), and the start of the memo's key: the op, the shape and dtype of each array
+    but the bias in turn, then the bias's (shape, dtype), or None without one."""
+    inputs, home, key, bias_key = [], None, [op], None
     for name, value in arrays:
         # to_array's own first case, taken here: the call would cost 0.1 µs per array.
         array, where = (value, runtime.HOST) if type(value) is np.ndarray else runtime.to_array(name, value)
         inputs.append(array)
-        shapes += (array.shape, array.dtype)
+        if name == "bias":
+            bias_key = (array.shape, array.dtype)
+        else:
+            key += (array.shape, array.dtype)
         if home is None:
             home = where
-    return inputs, home, shapes
+    return inputs, home, [*key, bias_key]
 
 
 def _serialized(value: Any) -> bytes | None:
@@ -177,17 +198,18 @@ def _arrays(named: tuple[tuple[str, Any], ...], bias: Any) -> tuple[tuple[str, A
 class _EmptyBatch:
     """Stands in for a kernel when the batch is empty: nothing to compile or run."""
 
-    checks_output = False  # `out=` takes runtime.output_array's checks
-
     def __init__(self, workload: Workload) -> None:
         self.workload = workload
 
     def run(self, inputs: list[runtime.Array], out: runtime.Array | None, home: runtime.Home) -> runtime.Array:
-        return self.run_new(inputs) if out is None else out
+        return self.run_numpy(inputs, None) if out is None else out
 
-    def run_new(self, inputs: list[np.ndarray]) -> np.ndarray:
-        """A repeated call's short path (`Dispatcher._remembered_numpy_call`) takes this, as a kernel's."""
-        return np.empty(self.workload.output_shape, self.workload.dtype)
+    def run_numpy(self, inputs: list[np.ndarray], out: Any) -> np.ndarray | None:
+        """A repeated call's short path (`Dispatcher._remembered_numpy_call`) takes this, as a kernel's;
+        None for an `out` that `runtime.output_array` is to check."""
+        if out is None:
+            return np.empty(self.workload.output_shape, self.workload.dtype)
+        return None
 
 
 def _check_fits_in_memory(op: str, wl: Workload) -> None:

@@ -2,7 +2,7 @@
 
 Each call checks its arguments, finds the compiled kernel (memory, disk
 cache, or compile) and runs it; `dispatch` does the checking and the
-hand-off, this module the finding.
+hand-off (the ops are its Dispatcher's bound methods), this module the finding.
 """
 
 from __future__ import annotations
@@ -78,33 +78,5 @@ def forget_kernels() -> None:
 
 
 _call = Dispatcher(get_kernel, resolve_target)
-
-
-def depthwise_conv2d(input: Any, filter: Any, strides: Any, padding: Any, rate: Any = None, name: Any = None,
-                     data_format: Any = None, dilations: Any = None, *, bias: Any = None,
-                     activation: str | None = None, target: Any = None, out: Any = None) -> Any:
-    """`tf.nn.depthwise_conv2d`, compiled by TVM.
-
-    input: 4-D, NHWC [N, H, W, C] or NCHW [N, C, H, W]; filter: [KH, KW, C, M].
-    Returns [N, OH, OW, C*M] (NHWC) or [N, C*M, OH, OW], the input's dtype, as
-    the input's array type (numpy, or torch/JAX via DLPack), or `out` when given.
-    `bias` ([C*M], the input's dtype) and `activation` ("relu" or "relu6") are an
-    optional epilogue fused into the kernel: activation(conv + bias), rounded once.
-    `target`: None (this CPU), a TVM target dict or `tvm.target.Target`.
-    """
-    return _call.depthwise(input, filter, strides, padding, rate, name, data_format, dilations, bias, activation,
-                           target, out)
-
-
-def separable_conv2d(input: Any, depthwise_filter: Any, pointwise_filter: Any, strides: Any, padding: Any,
-                     rate: Any = None, name: Any = None, data_format: Any = None, dilations: Any = None, *,
-                     bias: Any = None, activation: str | None = None, target: Any = None, out: Any = None) -> Any:
-    """`tf.nn.separable_conv2d`, compiled by TVM: depthwise, then a 1x1 channel mix.
-
-    depthwise_filter: [KH, KW, C, M]; pointwise_filter: [1, 1, C*M, O].
-    Returns [N, OH, OW, O] (NHWC) or [N, O, OH, OW]; otherwise as `depthwise_conv2d`.
-    `bias` ([O]) and `activation` apply to the pointwise result, as in Keras'
-    SeparableConv2D; the depthwise intermediate gets neither.
-    """
-    return _call.separable(input, depthwise_filter, pointwise_filter, strides, padding, rate, name, data_format,
-                           dilations, bias, activation, target, out)
+depthwise_conv2d = _call.depthwise_conv2d
+separable_conv2d = _call.separable_conv2d

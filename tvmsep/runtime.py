@@ -44,6 +44,7 @@ __all__ = ["Kernel", "Home", "to_array", "output_array", "VECTOR_BYTES"]
 CPU, CUDA = 1, 2  # DLPack device types
 VECTOR_BYTES = 16  # the widest load the CUDA kernels issue (float4)
 CACHE_LINE_BYTES = 64
+_NDARRAY = np.ndarray
 ALIGNED_RESULT_MIN_BYTES = 64 << 10  # a new result at least this large starts on a cache line
 
 # What a kernel takes: host arrays as numpy, device arrays as TVM tensors.
@@ -131,7 +132,7 @@ def _home_of(x: Any) -> Home:
 
 def output_array(op: str, out: Any, wl: Workload, inputs: Sequence[Array]) -> Array:
     """`out=` as something the kernel can write in place, or a clear error naming `<op>_conv2d`.
-    (A numpy `out` of a CPU kernel takes `Kernel.run_into`, which leaves these checks to the
+    (A numpy `out` of a CPU kernel takes `Kernel.run_numpy`, which leaves these checks to the
     compiled code and comes here only for the message.)"""
     if isinstance(out, np.ndarray):
         view = out
@@ -152,11 +153,22 @@ def output_array(op: str, out: Any, wl: Workload, inputs: Sequence[Array]) -> Ar
 
 
 def _check_overlap(op: str, out: np.ndarray, inputs: Sequence[Array]) -> None:
-    owner = out.base is None
+    """numpy points a view's `base` at the array that owns its memory (or at the foreign object
+    that does), so two arrays whose owners are distinct numpy arrays without a base share no
+    memory; any other pair takes numpy's test, which costs more than all the other checks of a
+    call. (`_NDARRAY`: a module global is looked up faster than `np.ndarray`.)"""
+    out_owner = out.base
+    if out_owner is None:
+        out_owner = out
+    owns = type(out_owner) is _NDARRAY and out_owner.base is None
     for a in inputs:
-        # Two arrays that each own their memory share none unless they are one array; a view
-        # (a base set) takes numpy's test, which costs more than all the other checks of a call.
-        if a is out or isinstance(a, np.ndarray) and not (owner and a.base is None) and np.may_share_memory(out, a):
+        if type(a) is _NDARRAY:
+            owner = a.base
+            if owner is None:
+                owner = a
+            if owns and owner is not out_owner and type(owner) is _NDARRAY and owner.base is None:
+                continue
+        if a is out or isinstance(a, np.ndarray) and np.may_share_memory(out, a):
             raise ValueError(f"{op}_conv2d: `out` overlaps an input; the kernel would read what it overwrites")
 
 
@@ -207,7 +219,6 @@ class Kernel:
         self.device = device if device is not None else tvm.cpu()
         self._function = function
         self._on_gpu = self.device.dlpack_device_type() == CUDA
-        self.checks_output = not self._on_gpu  # `run_into` may be used
         self._output_shape, self._output_dtype = workload.output_shape, np.dtype(workload.dtype)  # parsed once
         nbytes = math.prod(workload.output_shape) * self._output_dtype.itemsize
         # A new result's size when it is to start on a cache line (module docstring), else 0.
@@ -223,40 +234,43 @@ class Kernel:
         if self._on_gpu:
             return self._run_on_gpu(inputs, out, home)
         if out is None:
-            return self.run_new(inputs)
+            return self.run_numpy(inputs, None)
         try:
             self._function(*inputs, out)  # numpy crosses by DLPack, without a copy
         except (ValueError, BufferError):  # refused before any work: a strided or read-only input
             self._function(*self._compact_host_inputs(inputs), out)
         return out
 
-    def run_new(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
-        """`run` of host arrays into a new numpy result (CPU kernels only): the common call, in
-        as few Python steps as it takes."""
-        if self._aligned_result_bytes:
-            out = _line_aligned_empty(self._output_shape, self._output_dtype, self._aligned_result_bytes)
-        else:
-            out = np.empty(self._output_shape, self._output_dtype)
-        try:
-            self._function(*inputs, out)
-        except (ValueError, BufferError):  # as in `run`
-            self._function(*self._compact_host_inputs(inputs), out)
-        return out
-
-    def run_into(self, inputs: Sequence[Array], out: np.ndarray) -> None:
-        """`run` into a numpy `out` not checked yet (CPU kernels only, `checks_output`).
+    def run_numpy(self, inputs: Sequence[np.ndarray], out: Any) -> np.ndarray | None:
+        """`run` of host arrays (CPU kernels only), the common call, in as few Python steps as it
+        takes: into a new numpy result when `out` is None, else into a numpy `out` not checked yet.
+        None, having done nothing, for any other `out` (which `output_array` then checks before
+        `run`) and for a CUDA kernel (whose `run` copies host arrays to its GPU and back).
 
         The compiled code checks its arguments' shape, dtype and layout, and numpy's DLPack
         export refuses a read-only array, before any work; only then is `out` examined in
         Python, for the reason. The same checks up front cost more than the allocation
         that `out=` saves. Overlap with an input is the one thing the code cannot see.
         """
-        _check_overlap(self.workload.op, out, inputs)
+        if self._on_gpu:
+            return None
+        given = out is not None
+        if not given:
+            if self._aligned_result_bytes:
+                out = _line_aligned_empty(self._output_shape, self._output_dtype, self._aligned_result_bytes)
+            else:
+                out = np.empty(self._output_shape, self._output_dtype)
+        elif type(out) is np.ndarray:
+            _check_overlap(self.workload.op, out, inputs)
+        else:
+            return None
         try:
             self._function(*inputs, out)
-        except (ValueError, TypeError, BufferError):
-            output_array(self.workload.op, out, self.workload, inputs)  # raises if `out` is the reason
+        except (ValueError, TypeError, BufferError):  # refused before any work
+            if given:
+                output_array(self.workload.op, out, self.workload, inputs)  # raises if `out` is the reason
             self._function(*self._compact_host_inputs(inputs), out)
+        return out
 
     def _compact_host_inputs(self, inputs: Sequence[Array]) -> list[np.ndarray]:
         """The inputs with a C-contiguous copy of each the kernel cannot read in place: the

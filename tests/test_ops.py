@@ -3,6 +3,7 @@
 import os
 import re
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -230,6 +231,52 @@ def test_a_large_result_starts_on_a_cache_line(op, rng):
     assert all(y.ctypes.data % runtime.CACHE_LINE_BYTES == 0 for y in results)
     assert all(y.flags.c_contiguous and y.flags.writeable and y.shape == wl.output_shape for y in results)
     assert_close(results[-1], expected, "float32")
+
+
+def test_a_large_result_is_written_where_the_last_one_was_only_when_nothing_refers_to_it(rng):
+    """A kernel keeps the memory of its last large result for the next one. Every way a caller can
+    still reach that memory keeps it from being written: the result, a view of it, an export."""
+    f = _random(rng, (3, 3, 64, 1), "float32")
+    wl = depthwise_workload((1, 32, 32, 64), "float32", f.shape, f.dtype, [1, 1, 1, 1], "SAME")
+    inputs = [_random(rng, (1, 32, 32, 64), "float32") for _ in range(6)]
+
+    def call(x):
+        return tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME")
+
+    address = call(inputs[0]).ctypes.data  # let go at once
+    assert call(inputs[1]).ctypes.data == address  # let go too: its memory was taken again
+    held = [call(inputs[1]), call(inputs[2])[0, 5], memoryview(call(inputs[3])), np.from_dlpack(call(inputs[4]))]
+    last = call(inputs[5])
+    for x, y in zip(inputs[1:], [*held, last]):
+        assert_close(np.asarray(y), depthwise_reference(x, f, wl)[0, 5] if np.ndim(y) == 2 else
+                     depthwise_reference(x, f, wl), "float32")
+    assert len({np.asarray(y).ctypes.data for y in held}) == len(held)
+
+
+def test_threads_never_share_a_large_result(rng):
+    """Two threads calling one kernel at once must each get memory of their own, also when the
+    kernel's kept memory is free for one of them to take."""
+    f = _random(rng, (3, 3, 64, 1), "float32")
+    wl = depthwise_workload((1, 32, 32, 64), "float32", f.shape, f.dtype, [1, 1, 1, 1], "SAME")
+    inputs = [_random(rng, (1, 32, 32, 64), "float32") for _ in range(4)]
+    expected = [depthwise_reference(x, f, wl) for x in inputs]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(50):
+                y = tvmsep.depthwise_conv2d(inputs[i], f, [1, 1, 1, 1], "SAME")
+                time.sleep(0)  # let another thread call while this result is held
+                assert_close(y, expected[i], "float32")
+        except Exception as e:  # collected: assertion errors in threads do not fail the test by themselves
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
 
 
 @pytest.mark.parametrize("bad_out, error, words", [

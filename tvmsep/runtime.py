@@ -11,7 +11,7 @@ Compiled CPU code assumes only element alignment (`compute._element_aligned`);
 CUDA code loads VECTOR_BYTES at a time, so a device tensor that is not aligned
 to that (a view into another tensor) is copied to one that is.
 
-A new result on the host starts on a cache line (`_line_aligned_empty`). numpy
+A new result on the host starts on a cache line (`_LineAlignedResults`). numpy
 allocates on 16 bytes, so a vector a line wide (AVX-512) at any such address
 straddles two lines: a depthwise kernel's stores would, one per handful of loads,
 and so would every load of a depthwise kernel that reads the result as its input,
@@ -20,7 +20,10 @@ from L1 and L2 take much longer on an input off a line
 (benchmarks/alignment.py). Finding an array's address from Python costs about a
 microsecond, and numpy places one result in four on a line by chance, so results
 too small for the straddling to outweigh that are left as numpy allocates them
-(`ALIGNED_RESULT_MIN_BYTES`).
+(`ALIGNED_RESULT_MIN_BYTES`). The larger ones spare that microsecond on most
+calls: a kernel keeps the memory of its last result and writes the next one there
+when nothing refers to it any more, as in a network, where the next layer has read
+it and let it go.
 
 This module needs only the TVM runtime, never the compiler.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import sys
 from typing import Any, Callable, Sequence, Union
 
 import numpy as np
@@ -46,6 +50,7 @@ VECTOR_BYTES = 16  # the widest load the CUDA kernels issue (float4)
 CACHE_LINE_BYTES = 64
 _NDARRAY = np.ndarray
 ALIGNED_RESULT_MIN_BYTES = 64 << 10  # a new result at least this large starts on a cache line
+KEPT_RESULT_MAX_BYTES = 16 << 20  # a kernel keeps the memory of its last result up to this size
 
 # What a kernel takes: host arrays as numpy, device arrays as TVM tensors.
 Array = Union[np.ndarray, tvm_ffi.Tensor]
@@ -197,12 +202,35 @@ def _check_shape_dtype(fn: str, shape: tuple, dtype: Any, wl: Workload) -> None:
         raise TypeError(f"{fn}: `out` has dtype {dtype}; the result has dtype {wl.dtype}")
 
 
-def _line_aligned_empty(shape: tuple[int, ...], dtype: np.dtype, nbytes: int) -> np.ndarray:
-    """An uninitialized C-contiguous array of `nbytes` (its size, which the caller knows) whose
-    first element starts a cache line."""
-    raw = np.empty(nbytes + CACHE_LINE_BYTES, np.uint8)
-    address = tvm_ffi.from_dlpack(raw).data_ptr()  # a third of the time `raw.ctypes.data` takes
-    return np.ndarray(shape, dtype, raw, -address % CACHE_LINE_BYTES)
+class _LineAlignedResults:
+    """New C-contiguous results of one shape, each starting on a cache line.
+
+    The memory of the last one is kept (up to KEPT_RESULT_MAX_BYTES: past that, a call's time
+    hides the microsecond and the memory would outweigh it), and the next result is made in it
+    when nothing else refers to it: every view of it, and every DLPack or buffer export, holds
+    its memory's owner, whose reference count then tells. Taking it off the list is one step
+    under the interpreter's lock, so two threads never take the same memory.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, nbytes: int) -> None:
+        self._shape, self._dtype, self._nbytes = shape, dtype, nbytes
+        self._keeps = nbytes <= KEPT_RESULT_MAX_BYTES
+        self._kept: list[tuple[np.ndarray, int]] = []  # (memory, offset of its first line)
+
+    def new(self) -> np.ndarray:
+        try:
+            memory, offset = self._kept.pop()
+            # References: this name and getrefcount's argument; any more are the caller's.
+            free = sys.getrefcount(memory) == 2
+        except IndexError:
+            free = False
+        if not free:
+            memory = np.empty(self._nbytes + CACHE_LINE_BYTES, np.uint8)
+            address = tvm_ffi.from_dlpack(memory).data_ptr()  # a third of the time `memory.ctypes.data` takes
+            offset = -address % CACHE_LINE_BYTES
+        if self._keeps and not self._kept:
+            self._kept.append((memory, offset))
+        return np.ndarray(self._shape, self._dtype, memory, offset)
 
 
 class Kernel:
@@ -221,8 +249,9 @@ class Kernel:
         self._on_gpu = self.device.dlpack_device_type() == CUDA
         self._output_shape, self._output_dtype = workload.output_shape, np.dtype(workload.dtype)  # parsed once
         nbytes = math.prod(workload.output_shape) * self._output_dtype.itemsize
-        # A new result's size when it is to start on a cache line (module docstring), else 0.
-        self._aligned_result_bytes = nbytes if nbytes >= ALIGNED_RESULT_MIN_BYTES else 0
+        # Where new results start on a cache line (module docstring), else None: as numpy allocates.
+        self._aligned_results = _LineAlignedResults(self._output_shape, self._output_dtype, nbytes) \
+            if nbytes >= ALIGNED_RESULT_MIN_BYTES else None
         threads.note_kernel()
 
     def run(self, inputs: Sequence[Array], out: Array | None, home: Home = HOST) -> Array:
@@ -256,10 +285,10 @@ class Kernel:
             return None
         given = out is not None
         if not given:
-            if self._aligned_result_bytes:
-                out = _line_aligned_empty(self._output_shape, self._output_dtype, self._aligned_result_bytes)
-            else:
+            if self._aligned_results is None:
                 out = np.empty(self._output_shape, self._output_dtype)
+            else:
+                out = self._aligned_results.new()
         elif type(out) is np.ndarray:
             _check_overlap(self.workload.op, out, inputs)
         else:

@@ -265,9 +265,9 @@ def _implementations(layer: Layer, op: str, threads: int, rng, libraries, epilog
         fused = dict(bias=bias, activation=wl.activation) if epilogue else {}
         op_call = tvmsep.depthwise_conv2d if p is None else tvmsep.separable_conv2d
         ours = functools.partial(op_call, x, *filters, *options, **fused)
-        out = np.full(wl.output_shape, np.nan, np.float32)
+        out = array_at(np.full(wl.output_shape, np.nan, np.float32), 0)
         hand = runtime.Kernel(wl, build.compile_module(wl, host_target())["main"], "hand-written")
-        hand_out = np.full(wl.output_shape, np.nan, np.float32)
+        hand_out = array_at(np.full(wl.output_shape, np.nan, np.float32), 0)
         off_line = functools.partial(op_call, array_at(x, OFF_LINE_BYTES), *filters, *options, **fused)
         impls.update(tvmsep=(ours, ours), tvmsep_out=(functools.partial(ours, out=out), lambda: out),
                      tvmsep_hand=(lambda: hand.run(inputs, hand_out), lambda: hand_out),
@@ -481,7 +481,8 @@ def main() -> int:
               "- median ms per call, `shared / alone`: first each library alone in a process of its own, "
               "then all in one process; within a process the implementations take turns in blocks of 25 calls "
               "(the first 5 not counted) in a random order each round. A ratio is the less favourable of the two "
-              "runs. tvmsep is NHWC numpy in/out, `tvmsep_out` passes `out=`; `litert` is set_tensor, invoke "
+              "runs. tvmsep is NHWC numpy in/out, called as a user writes it, `tvmsep_out` passes `out=` (on a "
+              "line); `litert` is set_tensor, invoke "
               "and get_tensor, `litert_invoke` invoke alone; every library's inputs start on a cache line, "
               "as the allocators of torch, TF, LiteRT and tvmsep's own results place them, and "
               f"`tvmsep_off_line` is tvmsep's call on an input {OFF_LINE_BYTES} bytes past one, where numpy puts "

@@ -41,7 +41,9 @@ reading the weights in place ([C*M, O]: one row of NR per step), unless their
 rows are a multiple of 512 bytes (or a page or more) apart: then a panel's lines
 crowd into a few cache sets and leave the prefetchers behind, so each panel is
 first copied into a contiguous [C*M, NR] buffer under the panel loop, which its
-tiles then read (`_packs_panels`). For other strides the copy only costs. For NCHW
+tiles then read (`_packs_panels`). For other strides the copy only costs. How much
+the copy saves depends on the CPU's caches and prefetchers, so where it is made, the
+same schedule reading the weights in place is a tuning space too (`design_spaces`). For NCHW
 the roles flip: pixels are the vector axis and output channels are broadcast
 from the weights.
 
@@ -199,15 +201,21 @@ def _vector_knob(sch: s_tir.Schedule, extent: int, lanes: int, registers: int = 
 
 def schedule(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
     """Schedule every stage of `wl`'s PrimFunc in place: the hand-written schedule."""
+    _schedule(sch, wl, target, weights_in_place=False)
+
+
+def _schedule(sch: s_tir.Schedule, wl: Workload, target: Target, weights_in_place: bool) -> None:
+    """The hand-written schedule; `weights_in_place`: its GEMM reads the pointwise weights in
+    place even where `_packs_panels` would copy them panel by panel (a design space)."""
     lanes = vector_lanes(target, wl.dtype)
     parallel = _parallel(wl, target)
     chunk_rows = _chunk_rows(wl, target, lanes)
     if chunk_rows:
-        _schedule_chunked(sch, wl, target, chunk_rows)
+        _schedule_chunked(sch, wl, target, chunk_rows, weights_in_place)
         return
     _depthwise(sch, wl, lanes, parallel)
     if wl.op == "separable":
-        _pointwise(sch, wl, target, lanes, parallel)
+        _pointwise(sch, wl, target, lanes, parallel, weights_in_place=weights_in_place)
 
 
 def design_spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_tir.Schedule]:
@@ -217,7 +225,10 @@ def design_spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_t
     consumes it, so the intermediate tensor never goes to memory. Whether
     fusing pays depends on the shape (it re-reads the pointwise weights once
     per row), so it is left to measurement; for NHWC depthwise, the
-    row-blocked structure (module docstring), likewise."""
+    row-blocked structure (module docstring), likewise. Where the hand-written
+    GEMM copies its weight panels by their stride (`_packs_panels`), the same
+    schedule reading them in place is a space too: which is faster depends on
+    the CPU's caches and prefetchers, and the rule was measured on one CPU."""
     spaces = [sch]
     if wl.op == "separable" and wl.layout == "NHWC":
         fused = sch.copy()
@@ -228,16 +239,23 @@ def design_spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_t
         blocked = sch.copy()
         _depthwise(blocked, wl, vector_lanes(target, wl.dtype), _parallel(wl, target), row_blocks=row_blocks)
         spaces.append(blocked)
+    in_place = sch.copy() if wl.op == "separable" and wl.layout == "NHWC" else None
     schedule(sch, wl, target)
+    if in_place is not None:
+        _schedule(in_place, wl, target, weights_in_place=True)
+        if str(in_place.trace) != str(sch.trace):  # the hand-written schedule copies panels
+            spaces.append(in_place)
     return spaces
 
 
-def _schedule_chunked(sch: s_tir.Schedule, wl: Workload, target: Target, rows: int) -> None:
+def _schedule_chunked(sch: s_tir.Schedule, wl: Workload, target: Target, rows: int,
+                      weights_in_place: bool = False) -> None:
     """NHWC separable with the depthwise computed per chunk of `rows` output rows,
     inside the pointwise's parallel loop: one row for the fused design space,
     more for an intermediate too large for a core's L2 (`_chunk_rows`)."""
     lanes = vector_lanes(target, wl.dtype)
-    chunk = _pointwise(sch, wl, target, lanes, _parallel(wl, target), chunk_rows=rows)
+    chunk = _pointwise(sch, wl, target, lanes, _parallel(wl, target), chunk_rows=rows,
+                       weights_in_place=weights_in_place)
     _depthwise(sch, wl, lanes, parallel=False, row=chunk)
 
 
@@ -497,9 +515,10 @@ def _by_input_channel(sch: s_tir.Schedule, block, multiplier: int) -> None:
 
 
 def _pointwise(sch: s_tir.Schedule, wl: Workload, target: Target, lanes: int, parallel: bool,
-               chunk_rows: int = 0):
+               chunk_rows: int = 0, weights_in_place: bool = False):
     """Returns the parallel loop; with `chunk_rows` (NHWC only), it runs over chunks
-    of that many output rows and each chunk's tiles are a serial loop inside it."""
+    of that many output rows and each chunk's tiles are a serial loop inside it.
+    `weights_in_place`: as in `_schedule`."""
     # Tiles stay inside one output row: a tile that wrapped rows would make
     # the store's region a bounding box of whole rows.
     rows = _gemm_rows(target, _gemm_vectors(wl.out_channels, lanes))
@@ -512,7 +531,7 @@ def _pointwise(sch: s_tir.Schedule, wl: Workload, target: Target, lanes: int, pa
         block, store = sch.get_sblock("pointwise"), _pad_pointwise(sch, (width, channels))
     if wl.layout == "NHWC":
         outer, tile, c, ji, vec = _pointwise_nhwc(sch, block, wl, target, lanes, parallel, chunk_rows,
-                                                  (row_block, width, channels))
+                                                  (row_block, width, channels), weights_in_place)
     else:
         outer, tile, c, ji, vec = _pointwise_nchw(sch, block, wl, target, lanes)
     if parallel:
@@ -524,7 +543,7 @@ def _pointwise(sch: s_tir.Schedule, wl: Workload, target: Target, lanes: int, pa
 
 
 def _pointwise_nhwc(sch: s_tir.Schedule, block, wl: Workload, target: Target, lanes: int, parallel: bool,
-                    chunk_rows: int, domain: tuple[int, int, int]) -> tuple:
+                    chunk_rows: int, domain: tuple[int, int, int], weights_in_place: bool) -> tuple:
     """The NHWC GEMM's loop nest over `domain` (rows per tile, width, output channels):
     tiles of pixels x channel vectors, in one of four parallel structures (module
     docstring). Returns (parallel loop, tile loop, reduction, unrolled rows, vector)."""
@@ -536,7 +555,7 @@ def _pointwise_nhwc(sch: s_tir.Schedule, block, wl: Workload, target: Target, la
     # copy under it and the panel's tiles inside; otherwise panels and tiles are one loop.
     # Zero-padded weights (`_pad_pointwise`) are copied anyway: panel by panel where it can be.
     padded_weights = has_block(sch, "pointwise_filter_pad")
-    pack = padded_weights or _packs_panels(wl, chunk_rows)
+    pack = padded_weights or (_packs_panels(wl, chunk_rows) and not weights_in_place)
     inner = (c, ji, vec)
     if chunk_rows:
         outer, tiles = _rows_of_a_chunk(sch, (b, i, jo, oo), inner, chunk_rows)

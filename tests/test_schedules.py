@@ -91,8 +91,11 @@ def _check(sch, wl, rng):
 @pytest.mark.parametrize("name, wl", SEPARABLE + ROW_BLOCKED, ids=[name for name, _ in SEPARABLE + ROW_BLOCKED])
 def test_every_design_space_matches_the_reference(name, wl, rng):
     spaces = _spaces(wl)
-    assert len(spaces) == 2, "NHWC separable has the two-stage and the fused structure, " \
-        "NHWC depthwise tall enough the row-blocked one"
+    copies = _copies_weight_panels(spaces[0])
+    assert len(spaces) == 2 + copies, "NHWC separable has the two-stage and the fused structure, " \
+        "NHWC depthwise tall enough the row-blocked one; a GEMM that copies its weight panels, " \
+        "the same reading them in place"
+    assert not (copies and _copies_weight_panels(spaces[-1]))
     assert str(spaces[0].trace) == str(build.hand_schedule(wl, TARGET).trace), \
         "the first space is the hand-written schedule"
     for space in spaces:
@@ -198,7 +201,11 @@ def test_pointwise_tails_are_padded_out_of_the_gemm_loop():
 
 
 def _packed_weights(wl) -> bool:
-    return any(inst.kind.name == "CacheRead" for inst in build.hand_schedule(wl, STRUCTURE).trace.insts)
+    return _copies_weight_panels(build.hand_schedule(wl, STRUCTURE))
+
+
+def _copies_weight_panels(sch) -> bool:
+    return "pointwise_filter_global" in sch.mod.script()
 
 
 def test_pointwise_weights_a_multiple_of_512_bytes_apart_are_packed_per_panel():
@@ -211,6 +218,9 @@ def test_pointwise_weights_a_multiple_of_512_bytes_apart_are_packed_per_panel():
         assert _packed_weights(by_name[name]), name
         text = _intermediate_allocation(build.hand_schedule(by_name[name], STRUCTURE).mod)
         assert "pointwise_filter_global = T.sblock_alloc_buffer((1, 1, " in text, text
+        spaces = llvm.design_spaces(s_tir.Schedule(build.workload_module(by_name[name])), by_name[name], STRUCTURE)
+        assert [_copies_weight_panels(space) for space in spaces] == [True, False, False], \
+            "the fused space reads them in place, and so does a copy of the hand-written one"
     for name in ("b3-6x12x64x1-s1-SAME-o64-NHWC-float32", "b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32",
                  "b1-10x12x1-s1-SAME-o20-NHWC-float64"):
         assert not _packed_weights(by_name[name]), name

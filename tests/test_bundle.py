@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -111,6 +112,8 @@ def test_kernels_by_name_and_by_arguments(bundle_path, rng):
         bundle.kernel("v9_99")
     with pytest.raises(TypeError, match="run on the target they were compiled for"):
         bundle.depthwise_conv2d(x, f, [1, wl.stride_h, wl.stride_w, 1], "SAME", target="llvm")
+    with pytest.raises(TypeError, match="a bundle's ops do not pickle"):
+        pickle.dumps(bundle.depthwise_conv2d)
 
 
 def test_arguments_that_match_no_kernel_list_what_the_bundle_holds(bundle_path):

@@ -1,6 +1,8 @@
 """The public ops against the float64 reference: random configurations, real layers, edge cases."""
 
+import functools
 import os
+import pickle
 import re
 import threading
 import time
@@ -360,6 +362,15 @@ def test_a_repeated_numpy_call_runs_from_the_memo(op, rng, monkeypatch):
     assert_close(call(), expected, "float32")
     assert_close(out, expected, "float32")
     assert found == []
+
+
+def test_the_ops_pickle_by_name(rng):
+    """As a module's functions do (multiprocessing sends them by name); a bundle's ops do not."""
+    x, f = _random(rng, (1, 8, 8, 4), "float32"), _random(rng, (3, 3, 4, 1), "float32")
+    for op in (tvmsep.depthwise_conv2d, tvmsep.separable_conv2d):
+        assert pickle.loads(pickle.dumps(op)) == op
+    call = pickle.loads(pickle.dumps(functools.partial(tvmsep.depthwise_conv2d, strides=[1, 1, 1, 1], padding="SAME")))
+    assert_close(call(x, f), tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME"), "float32")
 
 
 def test_torch_tensors_round_trip_zero_copy(rng):

@@ -20,6 +20,7 @@ arguments on.
 
 from __future__ import annotations
 
+import importlib
 import marshal
 import math
 import pickle
@@ -45,13 +46,16 @@ class Dispatcher:
 
     kernel_for(workload, target) -> Kernel finds (or compiles) the kernel;
     check_target(target) raises on a target that is wrong even when there is
-    nothing to compute (an empty batch).
+    nothing to compute (an empty batch); `global_name` ("module:attribute"), where
+    the dispatcher is a module's: it pickles as that name, and so do its ops (as a
+    module's functions do, for multiprocessing); its kernels would not pickle.
     """
 
     def __init__(self, kernel_for: Callable[[Workload, Any], runtime.Kernel],
-                 check_target: Callable[[Any], Any]) -> None:
+                 check_target: Callable[[Any], Any], global_name: str | None = None) -> None:
         self._kernel_for = kernel_for
         self._check_target = check_target
+        self._global_name = global_name
         # (op, shape and dtype of each array but the bias in turn, the bias's (shape, dtype) or None,
         # serialized options and target) -> (workload, kernel)
         self._memo: dict[tuple, tuple[Workload, Any]] = {}
@@ -59,6 +63,11 @@ class Dispatcher:
     def clear(self) -> None:
         """Forget every memoized workload and kernel (after the kernels' source changed)."""
         self._memo.clear()
+
+    def __reduce__(self) -> tuple:
+        if self._global_name is None:
+            raise TypeError("a bundle's ops do not pickle: pass the bundle's path, and tvmsep.load it there")
+        return _global, tuple(self._global_name.split(":"))
 
     def __call__(self, op: str, arrays: tuple[tuple[str, Any], ...], options: tuple, target: Any,
                  out: Any) -> Any:
@@ -154,6 +163,10 @@ class Dispatcher:
             serialized = _serialized((options, None))
         hit = self._memo.get((*arrays_key, bias_key, serialized))
         return None if hit is None else hit[1].run_numpy(arrays, out)
+
+
+def _global(module: str, attribute: str) -> Any:
+    return getattr(importlib.import_module(module), attribute)
 
 
 def _converted(op: str, arrays: tuple[tuple[str, Any], ...]) -> tuple[list[runtime.Array], runtime.Home, list]:

@@ -77,6 +77,6 @@ def forget_kernels() -> None:
     build.forget_verdicts()
 
 
-_call = Dispatcher(get_kernel, resolve_target)
+_call = Dispatcher(get_kernel, resolve_target, global_name=f"{__name__}:_call")
 depthwise_conv2d = _call.depthwise_conv2d
 separable_conv2d = _call.separable_conv2d

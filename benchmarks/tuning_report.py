@@ -26,7 +26,7 @@ from tvmsep.build import workload_module
 from tvmsep.networks import network
 from tvmsep.target import host_target
 from tvmsep.threads import usable_cores
-from tvmsep.verdicts import USE_TUNED, log_folders, module_hash, read_verdicts, target_folder_name
+from tvmsep.verdicts import USE_TUNED, module_hash, read_verdicts, shipped_log_folder, target_folder_name
 
 
 def main() -> int:
@@ -36,7 +36,7 @@ def main() -> int:
     args = parser.parse_args()
 
     target = host_target()
-    verdicts = read_verdicts(log_folders(target)[-1])  # the logs shipped in the package
+    verdicts = read_verdicts(shipped_log_folder(target))
     bandwidth, gflops, blas = copy_bandwidth_gbs(), fma_peak_gflops(), blas_gflops()
     ops = ("depthwise", "separable")
     rows, speedups, peak_shares = [], {op: [] for op in ops}, {op: [] for op in ops}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tvm
 from tvm.s_tir import Schedule
 from tvm.s_tir.schedule import Trace
 from tvm.s_tir import meta_schedule as ms
@@ -24,6 +25,7 @@ from tvm.s_tir import meta_schedule as ms
 import tvmsep
 from tvmsep import build, ops
 from tvmsep.cache import cache_key
+from tvmsep.networks import network
 from tvmsep.reference import depthwise_reference
 from tvmsep.schedules import llvm
 from tvmsep.spec import depthwise_workload, separable_workload
@@ -340,6 +342,22 @@ def test_tuning_records_that_do_not_fit_fall_back_to_hand_written(tmp_path, monk
             assert_close(y, depthwise_reference(x, f, wl), "float32")
     finally:
         ops.forget_kernels()
+
+
+def test_a_tuning_folder_replaces_the_shipped_logs(tmp_path, monkeypatch):
+    """$TVMSEP_TUNING_DIR is where verdicts are read, in place of the shipped logs: pointed at an
+    empty folder, every workload gets its hand-written schedule (how that schedule is measured
+    alone on a CPU that has shipped logs)."""
+    shipped = tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "num-cores": 2})
+    wl = next(layer for layer in network("mobilenet_v1") if layer.name == "v1_13").workload("separable")
+    monkeypatch.delenv("TVMSEP_TUNING_DIR", raising=False)
+    assert build.tuned_trace(wl, shipped) is not None, "a verdict shipped in tuning_logs/llvm-znver4"
+    monkeypatch.setenv("TVMSEP_TUNING_DIR", str(tmp_path))
+    build.forget_verdicts()
+    try:
+        assert build.tuned_trace(wl, shipped) is None
+    finally:
+        build.forget_verdicts()
 
 
 def test_a_tuning_folder_others_can_write_is_not_used(tmp_path, monkeypatch):

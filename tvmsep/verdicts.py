@@ -23,7 +23,7 @@ from .backends import backend_for
 from .files import JsonLines
 
 __all__ = ["Verdict", "TuningWarning", "module_hash", "plain_json", "read_verdicts", "target_folder_name",
-           "log_folders", "VERDICT_FILE", "USE_TUNED", "USE_HAND"]
+           "log_folders", "shipped_log_folder", "VERDICT_FILE", "USE_TUNED", "USE_HAND"]
 
 VERDICT_FILE = "verdicts.json"
 # A verdict's `use`: the schedule its job found faster, side by side.
@@ -101,16 +101,21 @@ def target_folder_name(target: tvm.target.Target) -> str:
 
 
 def log_folders(target: tvm.target.Target) -> list[Path]:
-    """Where compiled workloads look for tuning verdicts, first match wins:
-    `$TVMSEP_TUNING_DIR/<target>` if set, then the logs shipped in the package."""
-    from importlib import resources
-    name = target_folder_name(target)
-    folders = []
+    """Where compiled workloads look for tuning verdicts: `$TVMSEP_TUNING_DIR/<target>` if
+    the variable is set, in place of the logs shipped in the package, else those. In place,
+    not before them: a folder without a verdict for a workload (an empty one, or one that
+    is not trusted) leaves it the hand-written schedule, so that the hand-written schedules
+    can be run and measured alone."""
     if os.environ.get("TVMSEP_TUNING_DIR"):
-        folder = Path(os.environ["TVMSEP_TUNING_DIR"]) / name
-        if _trusted(folder):
-            folders.append(folder)
-    return folders + [Path(str(resources.files("tvmsep.tuning_logs"))) / name]
+        folder = Path(os.environ["TVMSEP_TUNING_DIR"]) / target_folder_name(target)
+        return [folder] if _trusted(folder) else []
+    return [shipped_log_folder(target)]
+
+
+def shipped_log_folder(target: tvm.target.Target) -> Path:
+    """The tuning logs for `target` shipped in the package (it may not exist)."""
+    from importlib import resources
+    return Path(str(resources.files("tvmsep.tuning_logs"))) / target_folder_name(target)
 
 
 class TuningWarning(UserWarning):

@@ -65,6 +65,7 @@ from tvmsep.networks import Layer, network
 from tvmsep.reference import reference_for, scaled_error
 from tvmsep.spec import Workload
 from tvmsep.target import host_target
+from tvmsep.verdicts import log_folders, read_verdicts, target_folder_name
 
 from alignment import array_at
 from limits import compulsory_bytes, copy_bandwidth_gbs, fma_peak_gflops, median_ms_in_turns
@@ -293,6 +294,16 @@ def _implementations(layer: Layer, op: str, threads: int, rng, libraries, epilog
     return wl, {name: call for name, (call, _) in impls.items()}
 
 
+def _schedules() -> str:
+    """Which schedules tvmsep's call runs here: the tuning verdicts it reads, or none."""
+    target = host_target()
+    count = sum(len(read_verdicts(folder)) for folder in log_folders(target))
+    source = "`TVMSEP_TUNING_DIR`" if os.environ.get("TVMSEP_TUNING_DIR") else "the shipped logs"
+    if not count:
+        return f"hand-written alone (no tuning verdicts for `{target_folder_name(target)}` in {source})"
+    return f"tuned where {source} hold a verdict ({count} in `{target_folder_name(target)}`), else hand-written"
+
+
 def _machine() -> str:
     try:
         model = next(line.split(":", 1)[1].strip() for line in subprocess.run(
@@ -477,6 +488,7 @@ def main() -> int:
     header = [f"# tvmsep vs peers, {what}fp32, {args.threads} threads", "",
               f"- machine: {_machine()}", f"- date: {datetime.date.today()}",
               f"- versions: {', '.join(_versions(libraries))}",
+              f"- tvmsep's schedules: {_schedules()}",
               f"- command: `python benchmarks/peers.py {' '.join(sys.argv[1:])}`",
               "- median ms per call, `shared / alone`: first each library alone in a process of its own, "
               "then all in one process; within a process the implementations take turns in blocks of 25 calls "

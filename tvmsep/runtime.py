@@ -218,19 +218,33 @@ class _LineAlignedResults:
         self._kept: list[tuple[np.ndarray, int]] = []  # (memory, offset of its first line)
 
     def new(self) -> np.ndarray:
-        try:
-            memory, offset = self._kept.pop()
-            # References: this name and getrefcount's argument; any more are the caller's.
-            free = sys.getrefcount(memory) == 2
-        except IndexError:
-            free = False
-        if not free:
+        taken = _take_kept(self._kept)
+        if taken is not None and taken[2] == _UNREFERENCED:
+            memory, offset, _ = taken
+        else:
             memory = np.empty(self._nbytes + CACHE_LINE_BYTES, np.uint8)
             address = tvm_ffi.from_dlpack(memory).data_ptr()  # a third of the time `memory.ctypes.data` takes
             offset = -address % CACHE_LINE_BYTES
+        del taken
         if self._keeps and not self._kept:
             self._kept.append((memory, offset))
         return np.ndarray(self._shape, self._dtype, memory, offset)
+
+
+def _take_kept(kept: list) -> tuple[Any, int, int] | None:
+    """The last (memory, offset) off `kept`, and the memory's reference count as seen here;
+    None when `kept` is empty."""
+    try:
+        memory, offset = kept.pop()
+    except IndexError:
+        return None
+    return memory, offset, sys.getrefcount(memory)
+
+
+# The count `_take_kept` sees for memory that nothing but the list referred to: measured, not
+# assumed, as what the interpreter counts for a local name and a call's argument differs
+# between Python versions. Any reference the caller still holds adds to it.
+_UNREFERENCED = _take_kept([(object(), 0)])[2]
 
 
 class Kernel:

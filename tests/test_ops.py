@@ -255,6 +255,18 @@ def test_a_large_result_is_written_where_the_last_one_was_only_when_nothing_refe
     assert len({np.asarray(y).ctypes.data for y in held}) == len(held)
 
 
+def test_a_large_torch_result_is_never_written_over_while_held(rng):
+    """A torch caller gets the result through DLPack, which holds the memory's owner too."""
+    torch = pytest.importorskip("torch")
+    f = torch.from_numpy(_random(rng, (3, 3, 64, 1), "float32"))
+    wl = depthwise_workload((1, 32, 32, 64), "float32", tuple(f.shape), "float32", [1, 1, 1, 1], "SAME")
+    inputs = [torch.from_numpy(_random(rng, (1, 32, 32, 64), "float32")) for _ in range(3)]
+    held = [tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME") for x in inputs]
+    assert len({y.data_ptr() for y in held}) == len(held)
+    for x, y in zip(inputs, held):
+        assert_close(y.numpy(), depthwise_reference(x.numpy(), f.numpy(), wl), "float32")
+
+
 def test_threads_never_share_a_large_result(rng):
     """Two threads calling one kernel at once must each get memory of their own, also when the
     kernel's kept memory is free for one of them to take."""

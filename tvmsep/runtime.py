@@ -225,7 +225,6 @@ class _LineAlignedResults:
             memory = np.empty(self._nbytes + CACHE_LINE_BYTES, np.uint8)
             address = tvm_ffi.from_dlpack(memory).data_ptr()  # a third of the time `memory.ctypes.data` takes
             offset = -address % CACHE_LINE_BYTES
-        del taken
         if self._keeps and not self._kept:
             self._kept.append((memory, offset))
         return np.ndarray(self._shape, self._dtype, memory, offset)

@@ -4,10 +4,11 @@
 
 For each layer's depthwise and separable kernel, compiled as `tvmsep` compiles it for the
 target (x86-64 or aarch64, this machine's or another's: nothing runs), every loop whose body
-holds vector FMAs is listed with its instructions, its FMAs, its memory loads and stores and
-its vector spills (vector registers moved to or from the stack: a register tile that does not
-fit the register file shows up there). A loop is the code from a label to a later branch back
-to it, with no such loop inside (`loops`).
+holds vector FMAs is listed with its instructions, its FMAs, its memory loads and stores, its
+vector spills (vector registers moved to or from the stack: a register tile that does not
+fit the register file shows up there) and its vector selects (a padding test per product
+where the FMA takes no mask). A loop is the code from a label to a later branch back to it,
+with no such loop inside (`loops`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 _FMA = re.compile(r"^(fmla|fmls|v?fn?madd\d{3}p[sdh])\b")
 _LABEL = re.compile(r"^([.\w$]+):")
 _BRANCH = re.compile(r"^(b|b\.\w+|cbn?z|tbn?z|j\w+)\s+(?:.*,\s*)?([.\w$]+)\s*$")
+# Vector selects: x86's variable blends (AVX2) and masked blends (AVX-512), aarch64's bitwise selects.
+_SELECT = re.compile(r"^(v?p?blendv\w*|vp?blendm\w*|bif|bit|bsl)\b")
 # Vector registers moved to or from the stack (sp on aarch64, rsp or rbp on x86-64): a
 # register tile that does not fit. Addresses and counters spilled to the stack are not.
 _VECTOR_STACK = re.compile(r"^\S+\s+(?:[qdsb]\d+|%[xyz]mm\d+).*(?:\[sp\b|%[re]?[sb]p\))"
@@ -40,6 +43,7 @@ class Loop:
     loads: int
     stores: int
     spills: int  # vector registers stored to or loaded from the stack
+    selects: int  # vector blends: a padding test per product where there is no masked FMA
 
 
 def _memory_operand(instruction: str) -> tuple[bool, bool]:
@@ -78,7 +82,8 @@ def loops(assembly: str) -> list[Loop]:
         body = code[first:last + 1]
         memory = [_memory_operand(i) for i in body]
         found.append(Loop(label, len(body), sum(bool(_FMA.match(i)) for i in body), sum(r for r, _ in memory),
-                          sum(w for _, w in memory), sum(bool(_VECTOR_STACK.search(i)) for i in body)))
+                          sum(w for _, w in memory), sum(bool(_VECTOR_STACK.search(i)) for i in body),
+                          sum(bool(_SELECT.match(i)) for i in body)))
     return found
 
 
@@ -101,14 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     target = json.loads(args.target) if args.target.lstrip().startswith("{") else args.target
     chosen = set(args.layers.split(",")) if args.layers else None
     print(f"target {args.target}")
-    print(f"{'layer':8} {'op':10} {'loop':10} {'instr':>6} {'FMAs':>5} {'loads':>6} {'stores':>6} {'spills':>6}")
+    print(f"{'layer':8} {'op':10} {'loop':10} {'instr':>6} {'FMAs':>5} {'loads':>6} {'stores':>6} {'spills':>6} "
+          f"{'selects':>7}")
     for layer in network(args.network):
         if chosen is not None and layer.name not in chosen:
             continue
         for op in ("depthwise", "separable"):
             for loop in loops(kernel_assembly(layer.workload(op), target)):
                 print(f"{layer.name:8} {op:10} {loop.label:10} {loop.instructions:6d} {loop.fmas:5d} "
-                      f"{loop.loads:6d} {loop.stores:6d} {loop.spills:6d}", flush=True)
+                      f"{loop.loads:6d} {loop.stores:6d} {loop.spills:6d} {loop.selects:7d}", flush=True)
     return 0
 
 

@@ -83,8 +83,10 @@ only the real outputs. A bounds test in the GEMM loop, or narrower vectors, cost
 more than the padded work (`_gemm_padding`); a padded copy of all the weights
 before the GEMM cost a write and a read of them through memory.
 
-Padding is inlined into the depthwise loads as a zero test (kernels are built
-without loop partitioning, which miscompiled some shapes: tvmsep/build.py).
+Padding is inlined into the depthwise loads as a zero test per product. With
+AVX-512 a test is a mask on its FMA; for CPUs without masked FMAs (AVX2, NEON) the
+compiler takes the tests out of the loops' interior iterations (tvmsep/interior.py),
+so only the border tiles test.
 
 The block sizes and vector widths are knobs: each is a meta-schedule
 `sample_categorical` whose decision is the hand-written choice, so this same

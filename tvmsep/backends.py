@@ -94,6 +94,11 @@ class CPUArchitecture:
         """How many vector registers of that width the code has, which bounds a register tile."""
         raise NotImplementedError
 
+    def masks_fma(self, vector_bits: int) -> bool:
+        """Whether an FMA can leave lanes out under a mask, which makes a per-product test
+        (the padding's) nearly free; without it a test costs a select and a separate multiply."""
+        raise NotImplementedError
+
     def host_features(self) -> set[str] | None:
         """This CPU's features under Linux's names; None where they cannot be read."""
         raise NotImplementedError
@@ -123,6 +128,9 @@ class X86_64(CPUArchitecture):
     def vector_registers(self, vector_bits: int) -> int:
         return 32 if vector_bits == 512 else 16  # AVX-512 doubles the register file too
 
+    def masks_fma(self, vector_bits: int) -> bool:
+        return vector_bits == 512  # AVX-512's mask registers
+
     def host_features(self) -> set[str] | None:
         try:
             with open("/proc/cpuinfo") as f:
@@ -151,6 +159,9 @@ class AArch64(CPUArchitecture):
 
     def vector_registers(self, vector_bits: int) -> int:
         return 32
+
+    def masks_fma(self, vector_bits: int) -> bool:
+        return False  # NEON (SVE's predicates are not used: its code here is NEON)
 
     def host_features(self) -> set[str] | None:
         import ctypes
@@ -248,6 +259,11 @@ class CPU(Backend):
     def vector_registers(self, target: Any) -> int:
         """How many of those registers there are: 16 on x86-64 below AVX-512, else 32."""
         return self.architecture(target).vector_registers(self.vector_bits(target))
+
+    def masks_fma(self, target: Any) -> bool:
+        """Whether the target's FMAs take masks (AVX-512), which make the padding's tests
+        nearly free (`CPUArchitecture.masks_fma`)."""
+        return self.architecture(target).masks_fma(self.vector_bits(target))
 
     def export(self, executable: Any, path: str, target: Any, compiler: str | None = None) -> None:
         """Code for this machine's architecture is linked as any backend's; code for another needs

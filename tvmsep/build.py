@@ -25,6 +25,7 @@ from tvm.target import Target
 
 from .backends import backend_for
 from .compute import prim_func
+from .interior import split_interior
 from .spec import Workload
 from .verdicts import USE_TUNED, TuningWarning, Verdict, log_folders, module_hash, plain_json, read_verdicts
 
@@ -205,8 +206,21 @@ PASS_CONFIG = {"s_tir.LoopPartition": {"partition_const_loop": False}}
 
 
 def compile_scheduled(mod: tvm.IRModule, target: Target) -> tvm.runtime.Module:
-    """TVM's compiler with the pass configuration every tvmsep kernel is built with."""
+    """TVM's compiler with the pass configuration every tvmsep kernel is built with; for
+    CPUs whose FMAs take no mask (AVX2, NEON), with the loops split at the padding's border
+    (interior.py). With AVX-512 a test is a mask on its FMA, and the split kernels measured
+    slower on most layers there (benchmarks/padding.py); CUDA kernels are not split either,
+    their serial loops run per thread and the split is unmeasured there.
+
+    The split is an optimization: where TVM's later passes refuse a split module (a
+    buffer-region analysis overflows on the split's conditions in some schedules of
+    meta-schedule's generic space), the kernel is built unsplit, as it would be without it."""
     with tvm.transform.PassContext(opt_level=3, config=PASS_CONFIG):
+        if target.kind.name == "llvm" and not backend_for(target).masks_fma(target):
+            try:
+                return tvm.compile(split_interior(mod), target=target)
+            except Exception:  # TVM raises its failed checks as several Python error types
+                pass
         return tvm.compile(mod, target=target)
 
 
@@ -229,9 +243,9 @@ def code_fingerprint(target: Target) -> str:
 def _fingerprint(schedules: Any) -> str:
     from tvmsep.schedules import common
 
-    from . import compute, spec
+    from . import compute, interior, spec
     digest = hashlib.sha256()
-    for module in (spec, compute, common, schedules):
+    for module in (spec, compute, common, schedules, interior):
         digest.update(code_syntax(inspect.getsource(module)))
     for function in (workload_module, hand_schedule, scheduled_module, compile_scheduled):
         digest.update(code_syntax(textwrap.dedent(inspect.getsource(function))))

@@ -42,8 +42,8 @@ def accumulation_dtype(dtype: str) -> str:
 
 
 def _inside(wl: Workload, h, w):
-    """Whether padded row `h` and column `w` lie on the input; `likely` marks the interior
-    (kernels are built without loop partitioning: build.py)."""
+    """Whether padded row `h` and column `w` lie on the input; `likely` marks the test as
+    one that holds in the interior, which interior.py takes out of the loops there."""
     return tirx.likely(tirx.all(h >= wl.pad_top, h < wl.pad_top + wl.in_height,
                                 w >= wl.pad_left, w < wl.pad_left + wl.in_width))
 

@@ -179,6 +179,13 @@ class Workload:
         return self.axes.strides(self.stride_h, self.stride_w), padding, [self.dilation_h, self.dilation_w], \
             self.layout
 
+    def pre_padded(self) -> "Workload":
+        """The same output from VALID padding on an input padded beforehand: the same work
+        with no tap over the padding (what a padded kernel's tests cost is measured against it)."""
+        return dataclasses.replace(self, in_height=self.in_height + self.pad_top + self.pad_bottom,
+                                   in_width=self.in_width + self.pad_left + self.pad_right,
+                                   pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
+
     def describe(self) -> str:
         """Short human-readable form, e.g. `dw 1x112x112x32 k3 s2 -> 1x56x56x32`."""
         shape = "x".join(map(str, self.input_shape))

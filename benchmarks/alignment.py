@@ -31,10 +31,11 @@ LINE_BYTES = 64
 OFFSETS = (0, 16, 32, 48)  # where numpy may start an array, in bytes past a line
 
 
-def array_at(values: np.ndarray, offset: int) -> np.ndarray:
-    """A copy of `values` whose first element lies `offset` bytes past a cache line."""
-    raw = np.empty(values.nbytes + LINE_BYTES + offset, np.uint8)
-    start = -raw.ctypes.data % LINE_BYTES + offset
+def array_at(values: np.ndarray, offset: int, boundary: int = LINE_BYTES) -> np.ndarray:
+    """A copy of `values` whose first element lies `offset` bytes past a cache line (or
+    another `boundary`: a page)."""
+    raw = np.empty(values.nbytes + boundary + offset, np.uint8)
+    start = -raw.ctypes.data % boundary + offset
     placed = raw[start:start + values.nbytes].view(values.dtype).reshape(values.shape)
     placed[...] = values
     return placed

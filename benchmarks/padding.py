@@ -1,0 +1,118 @@
+"""What the padding's tests cost a depthwise kernel, and what splitting them out of the interior saves.
+
+    python benchmarks/padding.py [--target JSON] [--layers v1_02,v1_03] [--output PATH]
+
+A padded layer tests, per product, whether its tap lies on the input (tvmsep/interior.py).
+Each padded depthwise layer of the public and unseen lists is timed here three ways, side
+by side, with the hand-written schedule for the target:
+
+- `unsplit`: compiled by TVM as it is, every product tested;
+- `split`: the interior's loops without the tests, as tvmsep compiles kernels for CPUs
+  whose FMAs take no mask (AVX2, NEON; build.compile_scheduled);
+- `pre-padded`: the same layer with VALID padding on an input padded beforehand: the same
+  output and the same work with no test at all, the bound for `split`.
+
+The target must run on this machine (an AVX2 target runs on any AVX-512 x86-64 CPU). Medians
+in microseconds; inputs on a page, the result half a page into one (RESULT_PAGE_OFFSET).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import tvm
+
+from tvmsep import build, runtime
+from tvmsep.backends import backend_for
+from tvmsep.interior import split_interior
+from tvmsep.networks import network
+from tvmsep.target import host_target, resolve_target
+
+from alignment import array_at
+from limits import median_ms_in_turns
+
+KINDS = ("unsplit", "split", "pre-padded")
+PAGE_BYTES = 4096
+# Inputs start on a page, the result this far into one. MobileNet's rows are a multiple of
+# 4 KiB long, so a result at the input's offset in its page has each row's stores at the
+# page offsets of the input rows the next tiles load, which the CPU takes for a possible
+# overlap and waits on (4K aliasing): that slows both kernels, the split one more
+# (results/padding-haswell.md). Where numpy and callers place arrays varies, so it is kept out.
+RESULT_PAGE_OFFSET = 2048
+
+
+def _compiled(wl, target, split: bool):
+    """`wl`'s hand-written kernel, compiled as build.compile_scheduled does, with or without the split."""
+    with tvm.transform.PassContext(opt_level=3, config=build.PASS_CONFIG):
+        mod = build.scheduled_module(wl, target)
+        return tvm.compile(split_interior(mod) if split else mod, target=target)
+
+
+def measure(layer_names: list[str], target, repeats: int = 200) -> list[tuple[str, list[float]]]:
+    layers = {layer.name: layer for layer in network("public") + network("unseen")}
+    rng = np.random.default_rng(0)
+    rows = []
+    for name in layer_names:
+        wl = layers[name].workload("depthwise")
+        calls, arrays = {}, {}
+        for kind, kernel_wl, split in (("unsplit", wl, False), ("split", wl, True),
+                                       ("pre-padded", wl.pre_padded(), False)):
+            kernel = runtime.Kernel(kernel_wl, _compiled(kernel_wl, target, split)["main"], kind)
+            # The two kernels of one workload read and write the same arrays, placed apart in their
+            # pages (RESULT_PAGE_OFFSET).
+            if kernel_wl not in arrays:
+                arrays[kernel_wl] = ([array_at(rng.standard_normal(shape, dtype=np.float32), 0, PAGE_BYTES)
+                                      for shape in (kernel_wl.input_shape, kernel_wl.filter_shape)],
+                                     array_at(np.full(kernel_wl.output_shape, np.nan, np.float32),
+                                              RESULT_PAGE_OFFSET, PAGE_BYTES))
+            calls[kind] = functools.partial(kernel.run, *arrays[kernel_wl])
+        ms = median_ms_in_turns(calls, repeats)
+        rows.append((name, [ms[kind] * 1e3 for kind in KINDS]))
+        print(name, " ".join(f"{t:.1f}" for t in rows[-1][1]), flush=True)
+    return rows
+
+
+def _padded_layers() -> list[str]:
+    return [layer.name for layer in network("public") + network("unseen")
+            if layer.workload("depthwise").pre_padded() != layer.workload("depthwise")]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default=None, help="a TVM target as JSON (default: this CPU)")
+    parser.add_argument("--layers", default=None, help="comma-separated layer names (default: every padded one)")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    target = resolve_target(json.loads(args.target)) if args.target else host_target()
+    rows = measure(args.layers.split(",") if args.layers else _padded_layers(), target)
+    mcpu = target.attrs["mcpu"]
+    lines = [f"# Padding tests in depthwise kernels, fp32, compiled for {mcpu}, run on {host_target().attrs['mcpu']}",
+             "", f"- date: {datetime.date.today()}",
+             f"- command: `{' '.join(['python benchmarks/padding.py', *sys.argv[1:]])}`",
+             f"- tvmsep compiles kernels for this target {'un' if backend_for(target).masks_fma(target) else ''}split",
+             "- median us per call of the hand-written kernel: `unsplit` tests every product, `split` has no "
+             "tests in the interior, `pre-padded` is VALID on an input padded beforehand; the three take turns "
+             "in blocks of 25 calls, in a random order each round, the first 5 of a block not counted; inputs "
+             f"on a page, the result {RESULT_PAGE_OFFSET} bytes into one", "",
+             "| layer | " + " | ".join(KINDS) + " | unsplit / split | split / pre-padded |",
+             "|---|" + "---|" * (len(KINDS) + 2)]
+    for name, (unsplit, split, padded) in rows:
+        lines.append(f"| {name} | {unsplit:.1f} | {split:.1f} | {padded:.1f} | {unsplit / split:.2f}x | "
+                     f"{split / padded:.2f}x |")
+    ratios = np.array([[u / s, s / p] for _, (u, s, p) in rows])
+    geomean = np.exp(np.log(ratios).mean(axis=0))
+    lines.append(f"| geomean | | | | {geomean[0]:.2f}x | {geomean[1]:.2f}x |")
+    output = args.output or Path(__file__).parent / "results" / f"padding-{mcpu}.md"
+    output.write_text("\n".join(lines) + "\n")
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,8 +7,8 @@ Each padded depthwise layer of the public and unseen lists is timed here three w
 by side, with the hand-written schedule for the target:
 
 - `unsplit`: compiled by TVM as it is, every product tested;
-- `split`: the interior's loops without the tests, as tvmsep compiles kernels for CPUs
-  whose FMAs take no mask (AVX2, NEON; build.compile_scheduled);
+- `split`: the interior's loops without the tests, as tvmsep compiles kernels for x86-64
+  CPUs below AVX-512 (build.compile_scheduled);
 - `pre-padded`: the same layer with VALID padding on an input padded beforehand: the same
   output and the same work with no test at all, the bound for `split`.
 
@@ -95,7 +95,7 @@ def main() -> int:
     lines = [f"# Padding tests in depthwise kernels, fp32, compiled for {mcpu}, run on {host_target().attrs['mcpu']}",
              "", f"- date: {datetime.date.today()}",
              f"- command: `{' '.join(['python benchmarks/padding.py', *sys.argv[1:]])}`",
-             f"- tvmsep compiles kernels for this target {'un' if backend_for(target).masks_fma(target) else ''}split",
+             f"- tvmsep compiles kernels for this target {'' if backend_for(target).splits_interior(target) else 'un'}split",
              "- median us per call of the hand-written kernel: `unsplit` tests every product, `split` has no "
              "tests in the interior, `pre-padded` is VALID on an input padded beforehand; the three take turns "
              "in blocks of 25 calls, in a random order each round, the first 5 of a block not counted; inputs "

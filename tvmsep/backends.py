@@ -94,9 +94,8 @@ class CPUArchitecture:
         """How many vector registers of that width the code has, which bounds a register tile."""
         raise NotImplementedError
 
-    def masks_fma(self, vector_bits: int) -> bool:
-        """Whether an FMA can leave lanes out under a mask, which makes a per-product test
-        (the padding's) nearly free; without it a test costs a select and a separate multiply."""
+    def splits_interior(self, vector_bits: int) -> bool:
+        """Whether kernels take the padding's tests out of their interior tiles (interior.py)."""
         raise NotImplementedError
 
     def host_features(self) -> set[str] | None:
@@ -128,8 +127,10 @@ class X86_64(CPUArchitecture):
     def vector_registers(self, vector_bits: int) -> int:
         return 32 if vector_bits == 512 else 16  # AVX-512 doubles the register file too
 
-    def masks_fma(self, vector_bits: int) -> bool:
-        return vector_bits == 512  # AVX-512's mask registers
+    def splits_interior(self, vector_bits: int) -> bool:
+        # Below AVX-512 a test costs a select and a separate multiply. With AVX-512 it is a mask
+        # on its FMA, and split kernels measured slower on most layers (benchmarks/padding.py).
+        return vector_bits < 512
 
     def host_features(self) -> set[str] | None:
         try:
@@ -160,8 +161,11 @@ class AArch64(CPUArchitecture):
     def vector_registers(self, vector_bits: int) -> int:
         return 32
 
-    def masks_fma(self, vector_bits: int) -> bool:
-        return False  # NEON (SVE's predicates are not used: its code here is NEON)
+    def splits_interior(self, vector_bits: int) -> bool:
+        # NEON has no masked FMA either, and split, its interior tiles are FMAs alone; but the
+        # border rows' loops then spill (MobileNet's 112x112 and 14x14 tiles), which the whole
+        # kernel did not (benchmarks/results/padding-loops.md). Not split until they do not.
+        return False
 
     def host_features(self) -> set[str] | None:
         import ctypes
@@ -260,10 +264,10 @@ class CPU(Backend):
         """How many of those registers there are: 16 on x86-64 below AVX-512, else 32."""
         return self.architecture(target).vector_registers(self.vector_bits(target))
 
-    def masks_fma(self, target: Any) -> bool:
-        """Whether the target's FMAs take masks (AVX-512), which make the padding's tests
-        nearly free (`CPUArchitecture.masks_fma`)."""
-        return self.architecture(target).masks_fma(self.vector_bits(target))
+    def splits_interior(self, target: Any) -> bool:
+        """Whether the target's kernels take the padding's tests out of their interior tiles
+        (`CPUArchitecture.splits_interior`)."""
+        return self.architecture(target).splits_interior(self.vector_bits(target))
 
     def export(self, executable: Any, path: str, target: Any, compiler: str | None = None) -> None:
         """Code for this machine's architecture is linked as any backend's; code for another needs

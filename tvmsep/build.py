@@ -207,16 +207,15 @@ PASS_CONFIG = {"s_tir.LoopPartition": {"partition_const_loop": False}}
 
 def compile_scheduled(mod: tvm.IRModule, target: Target) -> tvm.runtime.Module:
     """TVM's compiler with the pass configuration every tvmsep kernel is built with; for
-    CPUs whose FMAs take no mask (AVX2, NEON), with the loops split at the padding's border
-    (interior.py). With AVX-512 a test is a mask on its FMA, and the split kernels measured
-    slower on most layers there (benchmarks/padding.py); CUDA kernels are not split either,
-    their serial loops run per thread and the split is unmeasured there.
+    x86-64 CPUs below AVX-512, with the loops split at the padding's border (interior.py;
+    which CPUs and why: `CPUArchitecture.splits_interior`). CUDA kernels are not split:
+    their serial loops run per thread, and the split is unmeasured there.
 
     The split is an optimization: where TVM's later passes refuse a split module (a
     buffer-region analysis overflows on the split's conditions in some schedules of
     meta-schedule's generic space), the kernel is built unsplit, as it would be without it."""
     with tvm.transform.PassContext(opt_level=3, config=PASS_CONFIG):
-        if target.kind.name == "llvm" and not backend_for(target).masks_fma(target):
+        if target.kind.name == "llvm" and backend_for(target).splits_interior(target):
             try:
                 return tvm.compile(split_interior(mod), target=target)
             except Exception:  # TVM raises its failed checks as several Python error types

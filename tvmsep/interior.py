@@ -20,7 +20,8 @@ loops inside it, and the rest:
 
 Each part is split again by the loops inside it: a border row's pixel blocks, for one.
 
-build.compile_scheduled applies it for CPUs whose FMAs take no mask.
+build.compile_scheduled applies it for the CPUs `CPUArchitecture.splits_interior` names
+(x86-64 below AVX-512).
 
 A test is dropped only where TVM's arithmetic analyzer proves it true under the
 split's condition, so the split removes work and never changes a result. It runs at

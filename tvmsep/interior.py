@@ -49,8 +49,10 @@ PEEL_MOST = 2
 _LIKELY = tvm.ir.Op.get("prim.likely")
 
 # TVM's lowering (s_tir/pipeline.py), from the scheduled module up to where its own loop
-# partitioning runs. `tvm.compile` then runs the whole of it, these passes again (they
-# leave lowered code as it is) and the rest.
+# partitioning runs. `tvm.compile` then runs the whole of it: these passes again, which are
+# meant to leave lowered code as it is, and the rest. Not always: run again on some split
+# modules, CompactBufferAllocation's region analysis overflows (build.compile_scheduled
+# then builds the kernel unsplit).
 _LOWERING = (
     s_tir.transform.CanonicalizeLoop, s_tir.transform.LowerCrossThreadReduction,
     s_tir.transform.LowerInitBlock, s_tir.transform.PlanAndUpdateBufferAllocationLocation,

@@ -7,7 +7,7 @@ target (x86-64 or aarch64, this machine's or another's: nothing runs), every loo
 holds vector FMAs is listed with its instructions, its FMAs, its memory loads and stores, its
 vector spills (vector registers moved to or from the stack: a register tile that does not
 fit the register file shows up there) and its vector selects (a padding test per product
-where the FMA takes no mask). A loop is the code from a label to a later branch back to it,
+where the FMA takes no mask: a blend, or an and with a comparison's mask). A loop is the code from a label to a later branch back to it,
 with no such loop inside (`loops`).
 """
 
@@ -27,8 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 _FMA = re.compile(r"^(fmla|fmls|v?fn?madd\d{3}p[sdh])\b")
 _LABEL = re.compile(r"^([.\w$]+):")
 _BRANCH = re.compile(r"^(b|b\.\w+|cbn?z|tbn?z|j\w+)\s+(?:.*,\s*)?([.\w$]+)\s*$")
-# Vector selects: x86's variable blends (AVX2) and masked blends (AVX-512), aarch64's bitwise selects.
-_SELECT = re.compile(r"^(v?p?blendv\w*|vp?blendm\w*|bif|bit|bsl)\b")
+# Vector selects: x86's variable blends (AVX2) and masked blends (AVX-512), aarch64's bitwise selects,
+# and either's and of a value with a comparison's all-ones or all-zeros mask (a select of the value or
+# zero); a depthwise kernel has no other use for a vector and.
+_SELECT = re.compile(r"^(?:v?p?blendv\w*|vp?blendm\w*|bif|bit|bsl)\b|^v?p?andn?(?:p[sd]|[dq])?\s.*%[xyz]mm"
+                     r"|^and\s+v\d+\.16b")
 # Vector registers moved to or from the stack (sp on aarch64, rsp or rbp on x86-64): a
 # register tile that does not fit. Addresses and counters spilled to the stack are not.
 _VECTOR_STACK = re.compile(r"^\S+\s+(?:[qdsb]\d+|%[xyz]mm\d+).*(?:\[sp\b|%[re]?[sb]p\))"
@@ -43,7 +46,7 @@ class Loop:
     loads: int
     stores: int
     spills: int  # vector registers stored to or loaded from the stack
-    selects: int  # vector blends: a padding test per product where there is no masked FMA
+    selects: int  # vector selects: a padding test per product where there is no masked FMA
 
 
 def _memory_operand(instruction: str) -> tuple[bool, bool]:

@@ -43,7 +43,7 @@ def main() -> int:
     for name in args.networks.split(","):
         for op in ops:
             for wl in dict.fromkeys(layer.workload(op) for layer in network(name)):
-                verdict = verdicts.get(module_hash(workload_module(wl)))
+                verdict = verdicts.get(module_hash(workload_module(wl, target)))
                 if verdict is None:
                     rows.append(f"| {name} | {wl.describe()} | not tuned | | | | | | |")
                     continue

@@ -33,7 +33,7 @@ STRUCTURE = _cpu(2)
 
 
 def _spaces(wl):
-    return llvm.design_spaces(s_tir.Schedule(build.workload_module(wl)), wl, TARGET)
+    return llvm.design_spaces(s_tir.Schedule(build.workload_module(wl, TARGET)), wl, TARGET)
 
 # Every NHWC configuration of the matrix that has more than one space (epilogues included), plus
 # float64 (half the lanes), a pointwise whose per-core row chunks end mid-image (3 x 6 rows), one
@@ -101,7 +101,7 @@ def test_every_design_space_matches_the_reference(name, wl, rng):
     for space in spaces:
         _check(space, wl, rng)
         # The same structure with sizes drawn as the search draws them.
-        resampled = s_tir.Schedule(build.workload_module(wl), seed=int(rng.integers(1 << 30)))
+        resampled = s_tir.Schedule(build.workload_module(wl, TARGET), seed=int(rng.integers(1 << 30)))
         Trace(space.trace.insts, {}).apply_to_schedule(resampled, remove_postproc=False)
         _check(resampled, wl, rng)
 
@@ -218,7 +218,7 @@ def test_pointwise_weights_a_multiple_of_512_bytes_apart_are_packed_per_panel():
         assert _packed_weights(by_name[name]), name
         text = _intermediate_allocation(build.hand_schedule(by_name[name], STRUCTURE).mod)
         assert "pointwise_filter_global = T.sblock_alloc_buffer((1, 1, " in text, text
-        spaces = llvm.design_spaces(s_tir.Schedule(build.workload_module(by_name[name])), by_name[name], STRUCTURE)
+        spaces = llvm.design_spaces(s_tir.Schedule(build.workload_module(by_name[name], STRUCTURE)), by_name[name], STRUCTURE)
         assert [_copies_weight_panels(space) for space in spaces] == [True, False, False], \
             "the fused space reads them in place, and so does a copy of the hand-written one"
     for name in ("b3-6x12x64x1-s1-SAME-o64-NHWC-float32", "b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32",

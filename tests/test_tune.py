@@ -97,7 +97,7 @@ def test_job_logs_in_tvm_format_with_a_verdict(tuned_log):
     # The schedule checked against hand-written is one of the three fastest logged others
     # (this job is the workload's first, so there is no earlier choice among the finalists).
     log = TuningLog(folder)
-    logged = log.records(log.commit_workload(build.workload_module(wl)))
+    logged = log.records(log.commit_workload(build.workload_module(wl, host_target())))
     others = sorted((r for r in logged if r.run_secs and str(r.trace) != str(logged[0].trace)),
                     key=lambda r: np.mean([float(s) for s in r.run_secs]))
     fastest = list(dict.fromkeys(json.dumps(plain_json(r.trace.as_json(remove_postproc=False))) for r in others))
@@ -118,7 +118,7 @@ def test_compiling_uses_the_verdict(tuned_log, monkeypatch, rng):
     assert (trace is not None) == (outcomes[0].use == "tuned")
     # Force each choice through a verdict of the job's own form: the latest verdict wins.
     log = TuningLog(folder)
-    best = min((r for r in log.records(log.commit_workload(build.workload_module(wl)))[1:] if r.run_secs),
+    best = min((r for r in log.records(log.commit_workload(build.workload_module(wl, host_target())))[1:] if r.run_secs),
                key=lambda r: float(r.run_secs[0]))
     verdict = Verdict.from_json(json.loads(_lines(folder / VERDICT_FILE)[-1]))
     trace = plain_json(best.trace.as_json(remove_postproc=False))
@@ -156,7 +156,7 @@ def test_an_epilogue_follows_a_verdict_from_the_generic_space(tuned_log, monkeyp
     wl, folder, _ = tuned_log
     monkeypatch.setenv("TVMSEP_TUNING_DIR", str(folder.parent))
     log = TuningLog(folder)
-    generic = [r for r in log.records(log.commit_workload(build.workload_module(wl)))
+    generic = [r for r in log.records(log.commit_workload(build.workload_module(wl, host_target())))
                if r.run_secs and "meta_schedule.tiling_structure" in str(r.trace)]
     assert generic, "the tiny job measured no candidate of the generic space"
     best = min(generic, key=lambda r: float(r.run_secs[0]))
@@ -168,7 +168,7 @@ def test_an_epilogue_follows_a_verdict_from_the_generic_space(tuned_log, monkeyp
         with_epilogue = dataclasses.replace(wl, bias=True, activation="relu6")
         trace = _quiet_tuned_trace(with_epilogue)
         assert trace is not None, "the epilogue workload fell back to the hand-written schedule"
-        sch = Schedule(build.workload_module(with_epilogue))
+        sch = Schedule(build.workload_module(with_epilogue, host_target()))
         Trace.apply_json_to_schedule(trace, sch)
         outermost = {sch.get(b).name_hint: sch.get(sch.get_loops(b)[0])
                      for b in sch.get_child_blocks(sch.get_sblock("root"))}
@@ -188,11 +188,11 @@ def test_an_epilogue_follows_a_verdict_from_the_generic_space(tuned_log, monkeyp
 def test_each_design_space_is_measured_at_the_hand_written_sizes_once(tmp_path):
     wl = separable_workload([1, 8, 8, 16], "float32", [3, 3, 16, 1], "float32", [1, 1, 16, 24], "float32",
                             [1, 1, 1, 1], "SAME")
-    spaces = llvm.design_spaces(Schedule(build.workload_module(wl)), wl, host_target())
+    spaces = llvm.design_spaces(Schedule(build.workload_module(wl, host_target())), wl, host_target())
     for _ in range(2):  # the rerun finds both logged and measures neither again
         tune([wl], trials=2, log_dir=tmp_path, report=lambda line: None)
         log = TuningLog(tmp_path / FOLDER)
-        records = log.records(log.commit_workload(build.workload_module(wl)))
+        records = log.records(log.commit_workload(build.workload_module(wl, host_target())))
         assert [str(r.trace) for r in records] == [str(s.trace) for s in spaces]
         assert all(r.run_secs and float(r.run_secs[0]) < 1 for r in records)
 
@@ -247,7 +247,7 @@ def test_two_jobs_share_one_folder(tmp_path):
     assert len(_lines(folder / VERDICT_FILE)) == 2
     db = ms.database.JSONDatabase(work_dir=str(folder))
     for c in (16, 48):
-        workload = db.commit_workload(build.workload_module(_tiny(channels=c)))
+        workload = db.commit_workload(build.workload_module(_tiny(channels=c), host_target()))
         assert len(db.get_top_k(workload, 100)) >= 1
     assert len(_tvm_records(folder)) >= 16
 
@@ -329,7 +329,7 @@ def test_tuning_records_that_do_not_fit_fall_back_to_hand_written(tmp_path, monk
     choices = [{}, {"use": "tuned"}, {"use": "tuned", "trace": foreign}]
     with open(folder / VERDICT_FILE, "w") as f:
         for wl, choice in zip(workloads, choices):
-            verdict = {"workload": module_hash(build.workload_module(wl)), "describe": wl.describe(), **choice}
+            verdict = {"workload": module_hash(build.workload_module(wl, host_target())), "describe": wl.describe(), **choice}
             f.write(json.dumps(verdict) + "\n")
     monkeypatch.setenv("TVMSEP_TUNING_DIR", str(tmp_path))
     ops.forget_kernels()

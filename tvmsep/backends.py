@@ -6,8 +6,8 @@ for the CPU, the vector width and the per-core cache they are blocked for), the
 device its kernels run on, how a bundle's library is linked, the name its
 tuning logs are filed under, what a bundle's manifest records about the code
 and how a loader checks that record against this machine. Bundles are loaded
-with the TVM runtime alone, so only `schedules` and `manifest_fields` (which
-run when compiling) may import TVM's compiler, and only when called.
+with the TVM runtime alone, so only what runs when compiling (`schedules`,
+`arithmetic`, `manifest_fields`) may import TVM's compiler, and only when called.
 """
 
 from __future__ import annotations
@@ -58,6 +58,18 @@ class Backend(abc.ABC):
                              f"{detail[-1] if detail else type(e).__name__}") from e
 
     @abc.abstractmethod
+    def arithmetic(self, target: Any) -> Any:
+        """The target's `compute.Arithmetic`."""
+
+    def splits_interior(self, target: Any) -> bool:
+        """Whether the target's kernels take the padding's tests out of their interior tiles
+        (interior.py): where the FMA takes no mask, and each test costs an instruction per
+        product and its mask a vector register. Where it takes one, the masks stay in mask
+        registers, part of an instruction, and AVX-512's split kernels measured slower on most
+        layers (benchmarks/padding.py)."""
+        return not self.arithmetic(target).masked_fma
+
+    @abc.abstractmethod
     def chip(self, target: Any) -> str:
         """The processor a target names (CPU `mcpu`, GPU `arch`), "" where it names none."""
 
@@ -94,8 +106,8 @@ class CPUArchitecture:
         """How many vector registers of that width the code has, which bounds a register tile."""
         raise NotImplementedError
 
-    def splits_interior(self, vector_bits: int) -> bool:
-        """Whether kernels take the padding's tests out of their interior tiles (interior.py)."""
+    def masked_fma(self, vector_bits: int) -> bool:
+        """Whether the FMA on vectors of that width takes a mask."""
         raise NotImplementedError
 
     def host_features(self) -> set[str] | None:
@@ -127,10 +139,8 @@ class X86_64(CPUArchitecture):
     def vector_registers(self, vector_bits: int) -> int:
         return 32 if vector_bits == 512 else 16  # AVX-512 doubles the register file too
 
-    def splits_interior(self, vector_bits: int) -> bool:
-        # Below AVX-512 a test costs a select and a separate multiply. With AVX-512 it is a mask
-        # on its FMA, and split kernels measured slower on most layers (benchmarks/padding.py).
-        return vector_bits < 512
+    def masked_fma(self, vector_bits: int) -> bool:
+        return vector_bits == 512
 
     def host_features(self) -> set[str] | None:
         try:
@@ -161,11 +171,8 @@ class AArch64(CPUArchitecture):
     def vector_registers(self, vector_bits: int) -> int:
         return 32
 
-    def splits_interior(self, vector_bits: int) -> bool:
-        # NEON has no masked FMA either, and split, its interior tiles are FMAs alone; but the
-        # border rows' loops then spill (MobileNet's 112x112 and 14x14 tiles), which the whole
-        # kernel did not (benchmarks/results/padding-loops.md). Not split until they do not.
-        return False
+    def masked_fma(self, vector_bits: int) -> bool:
+        return False  # NEON's; SVE's takes a predicate, but tvmsep's code is NEON
 
     def host_features(self) -> set[str] | None:
         import ctypes
@@ -264,10 +271,10 @@ class CPU(Backend):
         """How many of those registers there are: 16 on x86-64 below AVX-512, else 32."""
         return self.architecture(target).vector_registers(self.vector_bits(target))
 
-    def splits_interior(self, target: Any) -> bool:
-        """Whether the target's kernels take the padding's tests out of their interior tiles
-        (`CPUArchitecture.splits_interior`)."""
-        return self.architecture(target).splits_interior(self.vector_bits(target))
+    def arithmetic(self, target: Any) -> Any:
+        """Masked FMAs with AVX-512 only."""
+        from .compute import Arithmetic
+        return Arithmetic(masked_fma=self.architecture(target).masked_fma(self.vector_bits(target)))
 
     def export(self, executable: Any, path: str, target: Any, compiler: str | None = None) -> None:
         """Code for this machine's architecture is linked as any backend's; code for another needs
@@ -339,6 +346,11 @@ class CUDA(Backend):
         if not self.device().exist:
             return "there is no CUDA device here to run its code on"
         return None
+
+    def arithmetic(self, target: Any) -> Any:
+        """A thread's instructions take a predicate."""
+        from .compute import Arithmetic
+        return Arithmetic(masked_fma=True)
 
     def chip(self, target: Any) -> str:
         return str(target.attrs.get("arch", ""))

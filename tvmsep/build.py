@@ -38,9 +38,10 @@ def schedules_for(target: Target):
     return backend_for(target).schedules()
 
 
-def workload_module(wl: Workload) -> tvm.IRModule:
-    """The unscheduled IRModule; tuning records are keyed by it (structurally)."""
-    return tvm.IRModule({"main": prim_func(wl)})
+def workload_module(wl: Workload, target: Target) -> tvm.IRModule:
+    """The unscheduled IRModule in `target`'s arithmetic (`compute.Arithmetic`); tuning records
+    are keyed by it (structurally)."""
+    return tvm.IRModule({"main": prim_func(wl, backend_for(target).arithmetic(target))})
 
 
 def tuned_trace(wl: Workload, target: Target) -> Any | None:
@@ -60,10 +61,10 @@ def tuned_trace(wl: Workload, target: Target) -> Any | None:
     if found is None and (wl.bias or wl.activation):
         plain = _verdict(dataclasses.replace(wl, bias=False, activation=None), target)
         if plain is not None and plain[0].use == USE_TUNED:
-            return _fitting(wl, _with_epilogue(wl, plain[0].trace, target), plain[1])
+            return _fitting(wl, _with_epilogue(wl, plain[0].trace, target), plain[1], target)
     if found is None or found[0].use != USE_TUNED:
         return None
-    return _fitting(wl, found[0].trace, found[1])
+    return _fitting(wl, found[0].trace, found[1], target)
 
 
 def _verdict(wl: Workload, target: Target) -> tuple[Verdict, Path] | None:
@@ -71,7 +72,7 @@ def _verdict(wl: Workload, target: Target) -> tuple[Verdict, Path] | None:
     folders = [folder for folder in log_folders(target) if _verdicts(folder)]
     if not folders:
         return None  # no logs for this target: spare building the TE function to hash it
-    workload = module_hash(workload_module(wl))
+    workload = module_hash(workload_module(wl, target))
     for folder in folders:
         verdict = _verdicts(folder).get(workload)
         if verdict is None:
@@ -82,12 +83,12 @@ def _verdict(wl: Workload, target: Target) -> tuple[Verdict, Path] | None:
     return None
 
 
-def _fitting(wl: Workload, trace: Any | None, folder: Path) -> Any | None:
+def _fitting(wl: Workload, trace: Any | None, folder: Path, target: Target) -> Any | None:
     """`trace` if it applies to `wl`'s module, else None (with a warning)."""
     if trace is None:
         return None
     try:
-        s_tir.schedule.Trace.apply_json_to_schedule(trace, s_tir.Schedule(workload_module(wl)))
+        s_tir.schedule.Trace.apply_json_to_schedule(trace, s_tir.Schedule(workload_module(wl, target)))
     except Exception as e:  # TVM raises its ScheduleError, or others for a malformed trace
         _pass_over(wl, folder, f"its trace does not apply ({type(e).__name__})")
         return None
@@ -107,7 +108,7 @@ def _with_epilogue(wl: Workload, trace: Any, target: Target) -> Any | None:
     A trace from meta-schedule's generic space has no store to inline into: it writes
     the convolution's result in place, and its post-processing walks every block, so
     the epilogue's extra block stops the replay (`_generic_with_epilogue`)."""
-    sch = s_tir.Schedule(workload_module(wl))
+    sch = s_tir.Schedule(workload_module(wl, target))
     try:
         s_tir.schedule.Trace.apply_json_to_schedule(trace, sch)
         sch.reverse_compute_inline(sch.get_sblock(_conv_block(wl) + "_epilogue"))
@@ -131,7 +132,7 @@ def _generic_with_epilogue(wl: Workload, trace: Any, target: Target) -> Any | No
     cut = next((n for n, inst in enumerate(instructions) if inst[0] == "EnterPostproc"), None)
     if cut is None:
         return None
-    sch = s_tir.Schedule(workload_module(wl))
+    sch = s_tir.Schedule(workload_module(wl, target))
     try:
         s_tir.schedule.Trace.apply_json_to_schedule(
             [instructions[:cut], [d for d in decisions if d[0] < cut]], sch)
@@ -184,7 +185,7 @@ def forget_verdicts() -> None:
 
 def hand_schedule(wl: Workload, target: Target, mod: tvm.IRModule | None = None) -> s_tir.Schedule:
     """`mod` (default: `wl`'s unscheduled module) under the hand-written schedule for `target`."""
-    sch = s_tir.Schedule(workload_module(wl) if mod is None else mod)
+    sch = s_tir.Schedule(workload_module(wl, target) if mod is None else mod)
     schedules_for(target).schedule(sch, wl, target)
     return sch
 
@@ -193,7 +194,7 @@ def scheduled_module(wl: Workload, target: Target, trace: Any | None = None) -> 
     """`wl` scheduled by a tuned `trace` (JSON) if given, else by the hand-written schedule."""
     if trace is None:
         return hand_schedule(wl, target).mod
-    sch = s_tir.Schedule(workload_module(wl))
+    sch = s_tir.Schedule(workload_module(wl, target))
     s_tir.schedule.Trace.apply_json_to_schedule(trace, sch)
     return sch.mod
 
@@ -207,15 +208,14 @@ PASS_CONFIG = {"s_tir.LoopPartition": {"partition_const_loop": False}}
 
 def compile_scheduled(mod: tvm.IRModule, target: Target) -> tvm.runtime.Module:
     """TVM's compiler with the pass configuration every tvmsep kernel is built with; for
-    x86-64 CPUs below AVX-512, with the loops split at the padding's border (interior.py;
-    which CPUs and why: `CPUArchitecture.splits_interior`). CUDA kernels are not split:
-    their serial loops run per thread, and the split is unmeasured there.
+    CPUs whose FMA takes no mask (x86-64 below AVX-512, aarch64), with the loops split at the
+    padding's border (interior.py; which targets and why: `Backend.splits_interior`).
 
     The split is an optimization: where TVM's later passes refuse a split module (a
     buffer-region analysis overflows on the split's conditions in some schedules of
     meta-schedule's generic space), the kernel is built unsplit, as it would be without it."""
     with tvm.transform.PassContext(opt_level=3, config=PASS_CONFIG):
-        if target.kind.name == "llvm" and backend_for(target).splits_interior(target):
+        if backend_for(target).splits_interior(target):
             try:
                 return tvm.compile(split_interior(mod), target=target)
             except Exception:  # TVM raises its failed checks as several Python error types
@@ -230,7 +230,8 @@ def compile_module(wl: Workload, target: Target, trace: Any | None = None) -> tv
 
 def code_fingerprint(target: Target) -> str:
     """A digest of the code that turns a workload and a trace into a kernel for `target`:
-    the output sizes and TE definitions (spec, compute), the target's hand-written
+    the output sizes and TE definitions (spec, compute), the arithmetic the backends
+    give the definitions, the target's hand-written
     schedules, and this module's compile path with its pass configuration. Cache keys
     hold it, with the trace, so compiled kernels are reused exactly while that code is
     unchanged. Read as syntax trees without docstrings: rewording a docstring or a
@@ -242,9 +243,9 @@ def code_fingerprint(target: Target) -> str:
 def _fingerprint(schedules: Any) -> str:
     from tvmsep.schedules import common
 
-    from . import compute, interior, spec
+    from . import backends, compute, interior, spec
     digest = hashlib.sha256()
-    for module in (spec, compute, common, schedules, interior):
+    for module in (spec, compute, backends, common, schedules, interior):
         digest.update(code_syntax(inspect.getsource(module)))
     for function in (workload_module, hand_schedule, scheduled_module, compile_scheduled):
         digest.update(code_syntax(textwrap.dedent(inspect.getsource(function))))

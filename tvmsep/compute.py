@@ -26,6 +26,7 @@ rounding of their own.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -34,7 +35,22 @@ from tvm import te, tirx
 
 from .spec import Workload
 
-__all__ = ["accumulation_dtype", "depthwise_compute", "separable_compute", "prim_func"]
+__all__ = ["Arithmetic", "accumulation_dtype", "depthwise_compute", "separable_compute", "prim_func"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Arithmetic:
+    """What the target's arithmetic decides in the definitions; its backend says
+    (`Backend.arithmetic`).
+
+    masked_fma: the FMA takes a mask (AVX-512; a GPU thread's instructions, which take a
+        predicate). A tap that may lie over the padding then adds `select(inside, product, -0.0)`
+        (-0.0: the exact identity of addition), which LLVM makes a masked FMA. Without one that
+        is a multiply, a select and an add, with the product rounded on its own, so there the tap
+        multiplies the padding's zero by a zero selected in place of its weight: a select and an
+        FMA, rounded once as in the interior.
+    """
+    masked_fma: bool
 
 
 def accumulation_dtype(dtype: str) -> str:
@@ -97,7 +113,8 @@ def _activation(wl: Workload, shape: tuple[int, ...], element: Any, name: str, c
                       varargs_names=list(wl.axes.arrange("b", "i", "j", channel)))
 
 
-def depthwise_compute(x: te.Tensor, f: te.Tensor, wl: Workload, bias: te.Tensor | None = None) -> te.Tensor:
+def depthwise_compute(x: te.Tensor, f: te.Tensor, wl: Workload, bias: te.Tensor | None,
+                      arithmetic: Arithmetic) -> te.Tensor:
     """out[b, i, j, k*M+q] = sum_{di,dj} f[di,dj,k,q] * x[b, s*i + r*di - pad, s*j + r*dj - pad, k],
     over the taps that lie on the input: as in TF, a tap over the padding adds nothing, even
     where the filter holds Inf or NaN there (a product with the padding's zero would be NaN)."""
@@ -111,12 +128,16 @@ def depthwise_compute(x: te.Tensor, f: te.Tensor, wl: Workload, bias: te.Tensor 
     def tap(b, c, i, j):
         row = i * wl.stride_h + di * wl.dilation_h
         col = j * wl.stride_w + dj * wl.dilation_w
-        pixel = padded[wl.axes.arrange(b, row, col, c // m)]
-        product = pixel.astype(acc) * f[di, dj, c // m, c % m].astype(acc)
-        # A select, not if_then_else: a condition that differs between vector lanes (NCHW's
-        # width) would make TVM's vectorizer give up on an if_then_else. -0.0, the exact identity
-        # of addition, lets LLVM turn `acc + select(inside, product, -0.0)` into a masked FMA.
-        return tirx.Select(_inside(wl, row, col), product, tirx.const(-0.0, acc)) if pads else product
+        pixel = padded[wl.axes.arrange(b, row, col, c // m)].astype(acc)
+        weight = f[di, dj, c // m, c % m].astype(acc)
+        if not pads:
+            return pixel * weight
+        # Selects, not if_then_else: a condition that differs between vector lanes (NCHW's width)
+        # would make TVM's vectorizer give up on an if_then_else. Which select: `Arithmetic`.
+        inside = _inside(wl, row, col)
+        if arithmetic.masked_fma:
+            return tirx.Select(inside, pixel * weight, tirx.const(-0.0, acc))
+        return pixel * tirx.Select(inside, weight, tirx.const(0, acc))
 
     out = _activation(wl, wl.mid_shape, lambda b, i, j, c: te.sum(tap(b, c, i, j), axis=[di, dj]), "depthwise")
     return _store(out, wl, bias, last=wl.op == "depthwise")
@@ -133,22 +154,23 @@ def _pointwise(mid: te.Tensor, p: te.Tensor, wl: Workload, bias: te.Tensor | Non
     return _store(out, wl, bias, last=True)
 
 
-def separable_compute(x: te.Tensor, f: te.Tensor, p: te.Tensor, wl: Workload,
-                      bias: te.Tensor | None = None) -> te.Tensor:
+def separable_compute(x: te.Tensor, f: te.Tensor, p: te.Tensor, wl: Workload, bias: te.Tensor | None,
+                      arithmetic: Arithmetic) -> te.Tensor:
     """Depthwise, then the 1x1 pointwise mix; the intermediate is a separate stage (unfused)
     and the epilogue applies to the pointwise result only."""
-    return _pointwise(depthwise_compute(x, f, wl), p, wl, bias)
+    return _pointwise(depthwise_compute(x, f, wl, None, arithmetic), p, wl, bias)
 
 
-def prim_func(wl: Workload) -> "tirx.PrimFunc":
-    """The unscheduled PrimFunc for `wl`: args are the inputs in call order, then the output."""
+def prim_func(wl: Workload, arithmetic: Arithmetic) -> "tirx.PrimFunc":
+    """The unscheduled PrimFunc for `wl` in the target's `arithmetic`: args are the inputs in
+    call order, then the output."""
     names = ("input", "filter") + (("pointwise_filter",) if wl.op == "separable" else ()) + ("bias",)
     args = [te.placeholder(shape, wl.dtype, name=n) for n, shape in zip(names, wl.arg_shapes)]
     bias = args[-1] if wl.bias else None
     if wl.op == "depthwise":
-        out = depthwise_compute(args[0], args[1], wl, bias)
+        out = depthwise_compute(args[0], args[1], wl, bias, arithmetic)
     else:
-        out = separable_compute(args[0], args[1], args[2], wl, bias)
+        out = separable_compute(args[0], args[1], args[2], wl, bias, arithmetic)
     func = te.create_prim_func([*args, out]).with_attr("global_symbol", "main")
     return _element_aligned(func, wl.dtype)
 

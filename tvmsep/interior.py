@@ -3,9 +3,9 @@
 A padded convolution tests, for each product, whether its tap lies on the input
 (compute.py: as in TF, a tap over the padding adds nothing, even an Inf or NaN one).
 Inside the image every test holds, but the generated code does not know it and tests
-each product: where the CPU has no masked FMA (AVX2, NEON) a product then costs a
-multiply, a blend and an add where one FMA would do, and its mask takes a vector
-register, so the register tiles spill.
+each product: where the CPU has no masked FMA (AVX2, NEON) each product then takes a
+select besides its FMA (compute.Arithmetic), and its mask a vector register, which the
+register tiles need.
 
 `split_interior` splits each loop whose body holds such tests (compute.py marks them
 `likely`, as TVM marks the bounds test of a tile that overhangs the output) into the
@@ -20,8 +20,8 @@ loops inside it, and the rest:
 
 Each part is split again by the loops inside it: a border row's pixel blocks, for one.
 
-build.compile_scheduled applies it for the CPUs `CPUArchitecture.splits_interior` names
-(x86-64 below AVX-512).
+build.compile_scheduled applies it for the targets `Backend.splits_interior` names (CPUs
+whose FMA takes no mask: x86-64 below AVX-512, aarch64).
 
 A test is dropped only where TVM's arithmetic analyzer proves it true under the
 split's condition, so the split removes work and never changes a result. It runs at

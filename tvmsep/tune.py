@@ -260,7 +260,7 @@ class _BudgetedSearch(ms.search_strategy.PySearchStrategy):
 
 def _search(wl: Workload, target: Target, log: TuningLog, trials: int, builder, runner, progress: _Progress,
             seed: int | None) -> None:
-    mod = workload_module(wl)
+    mod = workload_module(wl, target)
     budget = _Budget(trials)
     tasks = [ms.TuneContext(mod=mod, target=target, space_generator=space, task_name=name,
                             search_strategy=_BudgetedSearch(budget),
@@ -362,7 +362,7 @@ def tune(workloads: Sequence[Workload], *, target=None, trials: int = 64,
     outcomes = []
     for n, wl in enumerate(distinct, 1):
         label = f"[{n}/{len(distinct)}] {wl.describe()}"
-        workload = log.commit_workload(workload_module(wl))
+        workload = log.commit_workload(workload_module(wl, target))
         _measure_defaults(wl, target, log, workload, builder, runner, lambda line: report(f"{label}: {line}"))
         done = len(log.records(workload))
         if 1 < done < trials:

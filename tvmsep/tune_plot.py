@@ -28,14 +28,15 @@ def plot_search(workloads: Sequence[Workload], log_dir: str | os.PathLike, path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folder = Path(log_dir) / target_folder_name(resolve_target(target))
+    target = resolve_target(target)
+    folder = Path(log_dir) / target_folder_name(target)
     log, verdicts = TuningLog(folder, writable=False), read_verdicts(folder)
     workloads = list(dict.fromkeys(workloads))
     columns = min(4, len(workloads)) or 1
     rows = math.ceil(len(workloads) / columns) or 1
     fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
     for ax, wl in zip(axes.flat, workloads):
-        mod = workload_module(wl)
+        mod = workload_module(wl, target)
         records = log.records(TVMWorkload(mod))  # none if never tuned: an empty panel
         seconds = [record_seconds(r) for r in records]
         times = [s * 1e3 if s < FAILED_SECONDS else math.inf for s in seconds]

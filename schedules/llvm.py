@@ -103,6 +103,7 @@ from tvm import s_tir
 from tvm.target import Target
 
 from tvmsep.backends import BACKENDS
+from tvmsep.compute import accumulation_dtype
 from tvmsep.spec import Workload
 
 from .common import accumulator, explicit_store, has_block, loop_depth, store_once
@@ -136,9 +137,14 @@ PAGE_BYTES = 4096
 
 
 def vector_lanes(target: Target, dtype: str) -> int:
-    """SIMD lanes for `dtype` on the target's widest vector unit (fp16 computes in fp32)."""
-    element = 64 if dtype == "float64" else 32
-    return BACKENDS["llvm"].vector_bits(target) // element
+    """SIMD lanes for computing in `dtype` on the target's widest vector unit."""
+    return BACKENDS["llvm"].vector_bits(target) // tvm.DataType(dtype).bits
+
+
+def _sum_lanes(sch: s_tir.Schedule, name: str, target: Target) -> int:
+    """SIMD lanes for the dtype stage `name` sums in: float32 for float16, but for a
+    depthwise that sums in float16 (`compute.depthwise_compute`)."""
+    return vector_lanes(target, str(sch.get(sch.get_sblock(name)).writes[0].source.dtype))
 
 
 def _gemm_row_limit(target: Target, vectors: int) -> int:
@@ -209,13 +215,13 @@ def schedule(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
 def _schedule(sch: s_tir.Schedule, wl: Workload, target: Target, weights_in_place: bool) -> None:
     """The hand-written schedule; `weights_in_place`: its GEMM reads the pointwise weights in
     place even where `_packs_panels` would copy them panel by panel (a design space)."""
-    lanes = vector_lanes(target, wl.dtype)
+    lanes = vector_lanes(target, accumulation_dtype(wl.dtype))
     parallel = _parallel(wl, target)
     chunk_rows = _chunk_rows(wl, target, lanes)
     if chunk_rows:
         _schedule_chunked(sch, wl, target, chunk_rows, weights_in_place)
         return
-    _depthwise(sch, wl, lanes, parallel)
+    _depthwise(sch, wl, target, parallel)
     if wl.op == "separable":
         _pointwise(sch, wl, target, lanes, parallel, weights_in_place=weights_in_place)
 
@@ -239,7 +245,7 @@ def design_spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_t
     row_blocks = _row_blocks(wl, target) if wl.op == "depthwise" and wl.layout == "NHWC" else []
     if row_blocks:
         blocked = sch.copy()
-        _depthwise(blocked, wl, vector_lanes(target, wl.dtype), _parallel(wl, target), row_blocks=row_blocks)
+        _depthwise(blocked, wl, target, _parallel(wl, target), row_blocks=row_blocks)
         spaces.append(blocked)
     in_place = sch.copy() if wl.op == "separable" and wl.layout == "NHWC" else None
     schedule(sch, wl, target)
@@ -255,10 +261,10 @@ def _schedule_chunked(sch: s_tir.Schedule, wl: Workload, target: Target, rows: i
     """NHWC separable with the depthwise computed per chunk of `rows` output rows,
     inside the pointwise's parallel loop: one row for the fused design space,
     more for an intermediate too large for a core's L2 (`_chunk_rows`)."""
-    lanes = vector_lanes(target, wl.dtype)
+    lanes = vector_lanes(target, accumulation_dtype(wl.dtype))
     chunk = _pointwise(sch, wl, target, lanes, _parallel(wl, target), chunk_rows=rows,
                        weights_in_place=weights_in_place)
-    _depthwise(sch, wl, lanes, parallel=False, row=chunk)
+    _depthwise(sch, wl, target, parallel=False, row=chunk)
 
 
 def _chunk_rows(wl: Workload, target: Target, lanes: int) -> int:
@@ -369,11 +375,12 @@ def _finish_tile(sch: s_tir.Schedule, block, store, tile_loop, init_loop) -> Non
             sch.unroll(inner[-2])
 
 
-def _depthwise(sch: s_tir.Schedule, wl: Workload, lanes: int, parallel: bool, row=None,
+def _depthwise(sch: s_tir.Schedule, wl: Workload, target: Target, parallel: bool, row=None,
                row_blocks: list[int] | None = None) -> None:
     """`row`: an NHWC output-row loop of the pointwise to compute each row's depthwise under.
     `row_blocks`: NHWC only, walk that many output rows along the width together (a knob
     over the sizes given, the middle one by default; see the module docstring)."""
+    lanes = _sum_lanes(sch, "depthwise", target)
     block, store = accumulator(sch, "depthwise")
     if row is not None:
         sch.compute_at(store, row)

@@ -157,6 +157,15 @@ def test_every_kernel_matches_the_reference_on_an_emulated_core(bundles, bundle,
     manifest = json.loads((bundles / bundle / MANIFEST).read_text())
     assert checked == [kernel["name"] for kernel in manifest["kernels"]]
     assert lines[-1].startswith("machine: aarch64 ")
+    if bundle == "n1":
+        # Its float16 depthwise sums in float16, rounding after every tap as TF's CPU kernel does;
+        # its FMAs round once where TF rounds twice (float32, then float16), so a few results are
+        # a unit in the last place apart; sums in float32 leave about half of them apart.
+        depthwise = {kernel["name"] for kernel in manifest["kernels"]
+                     if kernel["workload"]["op"] == "depthwise" and kernel["workload"]["dtype"] == "float16"}
+        apart = {fields[0]: float(fields[2]) for fields in (line.split() for line in lines[:-1])
+                 if fields[0] in depthwise}
+        assert apart and max(apart.values()) <= 1e-3, apart
 
 
 @needs_emulation
@@ -220,3 +229,19 @@ def test_neon_register_tiles_fit_the_32_registers(preset):
     workloads = dict.fromkeys(layer.workload(op) for layer in network(preset) for op in ("depthwise", "separable"))
     spilling = spilling_loops(workloads, A72)
     assert not spilling, spilling
+
+
+def test_a_float16_depthwise_sums_in_float16_vectors_on_a_core_with_fp16_arithmetic():
+    """Read from the assembly: on neoverse-n1 (FP16) a float16 depthwise's hot loop has FMAs on 8
+    float16 lanes and no conversion; on a Pi 4's core (none), FMAs on 4 float32 lanes, its inputs
+    converted; the pointwise GEMM sums in float32 on both, as TF's 1x1 convolution does."""
+    from helpers.assembly import hot_loops
+    layer = network("mobilenet_v1")[2]  # 56x56x128, SAME: border and interior tiles
+    for op, target, lanes in (("depthwise", N1, "8h"), ("depthwise", A72, "4s"), ("separable", N1, "4s")):
+        wl = dataclasses.replace(layer.workload(op), dtype="float16")
+        assembly = hot_loops.kernel_assembly(wl, target)
+        fmas = set(re.findall(r"\bfmla\s+v\d+\.(\w+)", assembly))
+        assert lanes in fmas, (op, target["mcpu"], fmas)
+        if op == "depthwise":
+            assert fmas == {lanes}, (target["mcpu"], fmas)
+            assert (re.search(r"\bfcvtl2?\b", assembly) is None) == (lanes == "8h"), target["mcpu"]

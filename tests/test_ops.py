@@ -15,10 +15,12 @@ from hypothesis import strategies as st
 
 import tvmsep
 from tvmsep import dispatch, ops, runtime
+from tvmsep.backends import BACKENDS
 from tvmsep.cache import CacheWarning
 from tvmsep.networks import network
 from tvmsep.reference import depthwise_reference, reference_for, separable_reference
 from tvmsep.spec import depthwise_workload, separable_workload
+from tvmsep.target import host_target
 
 from conftest import assert_close
 from helpers.draws import EXAMPLES, SEEDS, configs
@@ -416,6 +418,27 @@ def test_matches_tensorflow_to_the_index(rng):
     ours = tvmsep.separable_conv2d(x, f, p, [1, 1, 1, 1], "SAME", dilations=[2, 2])
     theirs = tf.nn.separable_conv2d(x, f, p, [1, 1, 1, 1], "SAME", dilations=[2, 2]).numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_tensorflows_cpu_kernel_rounds_a_float16_depthwise_sum_after_every_tap(rng):
+    """TF's CPU kernel sums a float16 depthwise in float16, each tap's sum taken in float32 and
+    rounded, in the filter's row-major order: the reference with `rounded_taps` gives its results
+    bit for bit. tvmsep's kernels sum so where the CPU has float16 arithmetic (NEON's FP16; the
+    emulated aarch64 tests hold them to this reference), in float32 elsewhere, as here: within
+    float16's tolerance of TF, and apart from it in the last place in many results."""
+    tf = pytest.importorskip("tensorflow")
+    cases = [((1, 12, 13, 16), (3, 3, 16, 1), [1, 1, 1, 1], "SAME"),
+             ((2, 19, 17, 24), (5, 5, 24, 2), [1, 2, 2, 1], "SAME"),
+             ((1, 9, 9, 8), (3, 3, 8, 1), [1, 1, 1, 1], [[0, 0], [2, 1], [0, 3], [0, 0]])]
+    for shape, filter_shape, strides, padding in cases:
+        x, f = _random(rng, shape, "float16"), _random(rng, filter_shape, "float16")
+        wl = depthwise_workload(shape, "float16", filter_shape, "float16", strides, padding)
+        theirs = tf.nn.depthwise_conv2d(x, f, strides, padding).numpy()
+        np.testing.assert_array_equal(reference_for(wl, [x, f], rounded_taps=True).astype(np.float16), theirs)
+        ours = tvmsep.depthwise_conv2d(x, f, strides, padding)
+        assert_close(ours, theirs.astype(np.float64), "float16")
+        if not BACKENDS["llvm"].arithmetic(host_target()).native_float16:
+            assert np.mean(ours != theirs) > 0.1, "float32 sums round once, where TF rounds every tap"
 
 
 def test_a_remembered_call_still_checks_what_changes_between_calls(rng):

@@ -110,6 +110,11 @@ class CPUArchitecture:
         """Whether the FMA on vectors of that width takes a mask."""
         raise NotImplementedError
 
+    def float16_arithmetic(self, llvm_features: set[str]) -> bool:
+        """Whether kernels compute in float16 vectors rather than convert to float32 (a target
+        with `llvm_features` has such vectors, and tvmsep's emulated tests run their code)."""
+        raise NotImplementedError
+
     def host_features(self) -> set[str] | None:
         """This CPU's features under Linux's names; None where they cannot be read."""
         raise NotImplementedError
@@ -142,6 +147,11 @@ class X86_64(CPUArchitecture):
     def masked_fma(self, vector_bits: int) -> bool:
         return vector_bits == 512
 
+    def float16_arithmetic(self, llvm_features: set[str]) -> bool:
+        # AVX512-FP16 (Sapphire Rapids and later) has float16 FMAs, but no emulator tvmsep's
+        # tests use runs them, so x86-64 kernels convert to float32 and sum there.
+        return False
+
     def host_features(self) -> set[str] | None:
         try:
             with open("/proc/cpuinfo") as f:
@@ -173,6 +183,9 @@ class AArch64(CPUArchitecture):
 
     def masked_fma(self, vector_bits: int) -> bool:
         return False  # NEON's; SVE's takes a predicate, but tvmsep's code is NEON
+
+    def float16_arithmetic(self, llvm_features: set[str]) -> bool:
+        return "fullfp16" in llvm_features  # Armv8.2's FP16: Cortex-A55, A76 (Pi 5), Neoverse N1
 
     def host_features(self) -> set[str] | None:
         import ctypes
@@ -239,6 +252,7 @@ class CPU(Backend):
 
     def __init__(self) -> None:
         self._refusals: dict[str, str | None] = {}  # str(target) -> `unavailable`
+        self._llvm_features: dict[str, set[str]] = {}  # str(target) -> its LLVM features
 
     def schedules(self) -> ModuleType:
         from tvmsep.schedules import llvm
@@ -272,9 +286,20 @@ class CPU(Backend):
         return self.architecture(target).vector_registers(self.vector_bits(target))
 
     def arithmetic(self, target: Any) -> Any:
-        """Masked FMAs with AVX-512 only."""
+        """Masked FMAs with AVX-512 only; float16 sums in float16 where the target has float16
+        vector arithmetic (`CPUArchitecture.float16_arithmetic`), as TF's CPU kernel's do."""
         from .compute import Arithmetic
-        return Arithmetic(masked_fma=self.architecture(target).masked_fma(self.vector_bits(target)))
+        arch = self.architecture(target)
+        return Arithmetic(masked_fma=arch.masked_fma(self.vector_bits(target)),
+                          native_float16=arch.float16_arithmetic(self.llvm_features(target)))
+
+    def llvm_features(self, target: Any) -> set[str]:
+        """The instruction-set features LLVM gives the target's CPU (its `mcpu` and `mattr`)."""
+        key = str(target)
+        if key not in self._llvm_features:  # reading them takes LLVM a while
+            from tvm.target import codegen
+            self._llvm_features[key] = {str(f) for f in codegen.llvm_get_cpu_features(target)}
+        return self._llvm_features[key]
 
     def export(self, executable: Any, path: str, target: Any, compiler: str | None = None) -> None:
         """Code for this machine's architecture is linked as any backend's; code for another needs
@@ -296,7 +321,7 @@ class CPU(Backend):
         """A target for another architecture, or for features this CPU lacks, compiles code that
         cannot run here."""
         key = str(target)
-        if key not in self._refusals:  # reading the target's features takes LLVM a while
+        if key not in self._refusals:
             fields = self.manifest_fields(target)
             refusal = self._refusal(fields["architecture"], fields["mcpu"], fields["cpu_flags"])
             self._refusals[key] = refusal and f"its code would be {refusal}"
@@ -309,10 +334,8 @@ class CPU(Backend):
         return "-".join(part for part in (self.kind, "" if arch == "x86_64" else arch, self.chip(target)) if part)
 
     def manifest_fields(self, target: Any) -> dict[str, Any]:
-        from tvm.target import codegen
-        features = {str(f) for f in codegen.llvm_get_cpu_features(target)}
         return {"architecture": self.architecture_name(target), "mcpu": self.chip(target) or None,
-                "cpu_flags": self.architecture(target).recorded_features(features)}
+                "cpu_flags": self.architecture(target).recorded_features(self.llvm_features(target))}
 
     def bundle_refusal(self, manifest: Any) -> str | None:
         refusal = self._refusal(manifest.architecture, manifest.mcpu, manifest.cpu_flags or ())
@@ -348,9 +371,9 @@ class CUDA(Backend):
         return None
 
     def arithmetic(self, target: Any) -> Any:
-        """A thread's instructions take a predicate."""
+        """A thread's instructions take a predicate; TF's GPU kernel sums float16 in float32."""
         from .compute import Arithmetic
-        return Arithmetic(masked_fma=True)
+        return Arithmetic(masked_fma=True, native_float16=False)
 
     def chip(self, target: Any) -> str:
         return str(target.attrs.get("arch", ""))

@@ -19,9 +19,15 @@ Shapes, in `Workload.layout` order:
     separable out    NHWC [N, OH, OW, O]          NCHW [N, O, OH, OW]
 
 Output channel `k*M + q` reads input channel `k` and filter `[:, :, k, q]`.
-float16 accumulates in float32 and rounds once per stage, as TF does; the
-epilogue works on the float32 accumulator, so bias and activation add no
-rounding of their own.
+
+float16 sums in float32 and rounds once per stage, except the depthwise stage on
+a CPU with float16 vector arithmetic (`Arithmetic.native_float16`), which sums in
+float16, at twice the lanes. TF's CPU kernel sums a depthwise in float16 on every
+CPU, rounding after every tap in the filter's row-major order; its GPU kernel and
+its 1x1 convolution sum in float32. Elsewhere, then, tvmsep's depthwise is more
+accurate than TF's CPU kernel, and differs from it in the last place in many
+results. The epilogue works on the stage's accumulator and rounds once, so bias
+and activation add no rounding of their own.
 """
 
 from __future__ import annotations
@@ -49,11 +55,16 @@ class Arithmetic:
         is a multiply, a select and an add, with the product rounded on its own, so there the tap
         multiplies the padding's zero by a zero selected in place of its weight: a select and an
         FMA, rounded once as in the interior.
+    native_float16: a float16 depthwise sums in float16 (module docstring), with FMAs, which
+        round once where TF's kernel rounds twice (to float32, then float16): in the last place,
+        rarely, its results and TF's differ.
     """
     masked_fma: bool
+    native_float16: bool
 
 
 def accumulation_dtype(dtype: str) -> str:
+    """The dtype a stage of `dtype` sums in, but for a depthwise with `Arithmetic.native_float16`."""
     return "float32" if dtype == "float16" else dtype
 
 
@@ -120,7 +131,7 @@ def depthwise_compute(x: te.Tensor, f: te.Tensor, wl: Workload, bias: te.Tensor 
     where the filter holds Inf or NaN there (a product with the padding's zero would be NaN)."""
     pads = wl.pad_top + wl.pad_bottom + wl.pad_left + wl.pad_right
     padded = _pad(x, wl) if pads else x
-    acc = accumulation_dtype(wl.dtype)
+    acc = wl.dtype if arithmetic.native_float16 else accumulation_dtype(wl.dtype)
     m = wl.multiplier
     di = te.reduce_axis((0, wl.kernel_h), name="di")
     dj = te.reduce_axis((0, wl.kernel_w), name="dj")

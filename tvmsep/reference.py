@@ -43,10 +43,13 @@ def epilogue_reference(y: np.ndarray, bias: np.ndarray | None, wl: Workload) -> 
     return y
 
 
-def depthwise_reference(x: np.ndarray, f: np.ndarray, wl: Workload, bias: np.ndarray | None = None) -> np.ndarray:
+def depthwise_reference(x: np.ndarray, f: np.ndarray, wl: Workload, bias: np.ndarray | None = None,
+                        rounded_taps: bool = False) -> np.ndarray:
     """output[b, i, j, k*M + q] = sum_{di,dj} f[di,dj,k,q] * x[b, s*i + r*di, s*j + r*dj, k] (padded),
     over the taps on the input only (TF's rule: a tap over the padding adds nothing, even an
-    Inf or NaN one), then, for a depthwise workload, its epilogue (`bias`, activation)."""
+    Inf or NaN one), then, for a depthwise workload, its epilogue (`bias`, activation).
+    `rounded_taps`: the sum is rounded to `wl.dtype` after every tap, in the filter's row-major
+    order, each step taken in float32: TF's CPU kernel sums float16 so."""
     x = np.asarray(x, np.float64)
     f = np.asarray(f, np.float64)
     x = x.transpose(wl.axes.split(range(4)))  # to NHWC
@@ -61,17 +64,21 @@ def depthwise_reference(x: np.ndarray, f: np.ndarray, wl: Workload, bias: np.nda
             taps = (slice(None), slice(row, row + (oh - 1) * wl.stride_h + 1, wl.stride_h),
                     slice(col, col + (ow - 1) * wl.stride_w + 1, wl.stride_w), slice(None))
             with np.errstate(invalid="ignore"):  # 0 * Inf over the padding, dropped by the mask
-                out += np.where(on_input[taps][..., None], x[taps][..., None] * f[di, dj], 0.0)
+                term = np.where(on_input[taps][..., None], x[taps][..., None] * f[di, dj], 0.0)
+            if rounded_taps:  # a product of two float16 values is exact in float32
+                out = (out.astype(np.float32) + term.astype(np.float32)).astype(wl.dtype).astype(np.float64)
+            else:
+                out += term
     out = out.reshape(x.shape[0], oh, ow, wl.mid_channels)
     out = out.transpose(wl.axes.arrange(0, 1, 2, 3))  # back to the workload's layout
     return epilogue_reference(out, bias, wl) if wl.op == "depthwise" else out
 
 
 def separable_reference(x: np.ndarray, f: np.ndarray, p: np.ndarray, wl: Workload,
-                        bias: np.ndarray | None = None) -> np.ndarray:
-    """TF's separable: the depthwise result is a tensor of the workload's dtype
-    (rounded once, e.g. to float16) before the exact 1x1 mix; then the epilogue."""
-    mid = depthwise_reference(x, f, wl).astype(wl.dtype).astype(np.float64)
+                        bias: np.ndarray | None = None, rounded_taps: bool = False) -> np.ndarray:
+    """TF's separable: the depthwise result (`rounded_taps` as there) is a tensor of the
+    workload's dtype (rounded, e.g. to float16) before the exact 1x1 mix; then the epilogue."""
+    mid = depthwise_reference(x, f, wl, rounded_taps=rounded_taps).astype(wl.dtype).astype(np.float64)
     weights = np.asarray(p, np.float64)[0, 0]
     with np.errstate(invalid="ignore"):  # Inf - Inf is NaN here as in TF
         mixed = np.einsum(_einsum(wl, "c") + ",co->" + _einsum(wl, "o"), mid, weights, optimize=True)
@@ -83,9 +90,10 @@ def _einsum(wl: Workload, channel: str) -> str:
     return "".join(wl.axes.arrange("n", "h", "w", channel))
 
 
-def reference_for(wl: Workload, arrays: list[np.ndarray]) -> np.ndarray:
-    """`wl`'s float64 result on `arrays`, given as its kernel takes them (`Workload.arg_shapes`)."""
+def reference_for(wl: Workload, arrays: list[np.ndarray], rounded_taps: bool = False) -> np.ndarray:
+    """`wl`'s float64 result on `arrays`, given as its kernel takes them (`Workload.arg_shapes`);
+    `rounded_taps` as `depthwise_reference` takes it."""
     inputs, bias = split_bias(wl.op, arrays)
     if wl.op == "depthwise":
-        return depthwise_reference(*inputs, wl, bias)
-    return separable_reference(*inputs, wl, bias)
+        return depthwise_reference(*inputs, wl, bias, rounded_taps)
+    return separable_reference(*inputs, wl, bias, rounded_taps)

@@ -1,6 +1,7 @@
 """What the hot loops of a compiled kernel do, read from its assembly.
 
     python benchmarks/hot_loops.py [--target JSON] [--network mobilenet_v1] [--layers v1_03,v1_13]
+                                   [--dtype float16]
 
 For each layer's depthwise and separable kernel, compiled as `tvmsep` compiles it for the
 target (x86-64 or aarch64, this machine's or another's: nothing runs), every loop whose body
@@ -104,18 +105,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="llvm", help="llvm (this CPU) or a TVM target as JSON")
     parser.add_argument("--network", default="mobilenet_v1")
     parser.add_argument("--layers", help="comma-separated layer names (default: all)")
+    parser.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
     args = parser.parse_args(argv)
     from tvmsep.networks import network
     target = json.loads(args.target) if args.target.lstrip().startswith("{") else args.target
     chosen = set(args.layers.split(",")) if args.layers else None
-    print(f"target {args.target}")
+    print(f"target {args.target}, {args.dtype}")
     print(f"{'layer':8} {'op':10} {'loop':10} {'instr':>6} {'FMAs':>5} {'loads':>6} {'stores':>6} {'spills':>6} "
           f"{'selects':>7}")
     for layer in network(args.network):
         if chosen is not None and layer.name not in chosen:
             continue
         for op in ("depthwise", "separable"):
-            for loop in loops(kernel_assembly(layer.workload(op), target)):
+            wl = dataclasses.replace(layer.workload(op), dtype=args.dtype)
+            for loop in loops(kernel_assembly(wl, target)):
                 print(f"{layer.name:8} {op:10} {loop.label:10} {loop.instructions:6d} {loop.fmas:5d} "
                       f"{loop.loads:6d} {loop.stores:6d} {loop.spills:6d} {loop.selects:7d}", flush=True)
     return 0

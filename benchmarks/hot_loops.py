@@ -8,8 +8,8 @@ target (x86-64 or aarch64, this machine's or another's: nothing runs), every loo
 holds vector FMAs is listed with its instructions, its FMAs, its memory loads and stores, its
 vector spills (vector registers moved to or from the stack: a register tile that does not
 fit the register file shows up there) and its vector selects (a padding test per product
-where the FMA takes no mask: a blend, or an and with a comparison's mask). A loop is the code from a label to a later branch back to it,
-with no such loop inside (`loops`).
+where the FMA takes no mask: a blend, or an and with a comparison's mask). A loop is the code
+from a label to a later branch back to it, with no such loop inside (`loops`).
 """
 
 from __future__ import annotations

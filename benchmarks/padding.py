@@ -95,7 +95,8 @@ def main() -> int:
     lines = [f"# Padding tests in depthwise kernels, fp32, compiled for {mcpu}, run on {host_target().attrs['mcpu']}",
              "", f"- date: {datetime.date.today()}",
              f"- command: `{' '.join(['python benchmarks/padding.py', *sys.argv[1:]])}`",
-             f"- tvmsep compiles kernels for this target {'' if backend_for(target).splits_interior(target) else 'un'}split",
+             f"- tvmsep compiles kernels for this target "
+             f"{'' if backend_for(target).splits_interior(target) else 'un'}split",
              "- median us per call of the hand-written kernel: `unsplit` tests every product, `split` has no "
              "tests in the interior, `pre-padded` is VALID on an input padded beforehand; the three take turns "
              "in blocks of 25 calls, in a random order each round, the first 5 of a block not counted; inputs "

@@ -215,10 +215,11 @@ def test_pointwise_weights_a_multiple_of_512_bytes_apart_are_packed_per_panel():
     by_name = dict(SEPARABLE)
     for name in ("b1-7x96x1-s1-SAME-o256-NHWC-float32", "b2-8x40x1-s2-SAME-o128-bias-relu-NHWC-float32",
                  "b1-7x48x1-s1-SAME-o256-NHWC-float16", "b1-9x24x1-s1-VALID-o64-NHWC-float64"):
-        assert _packed_weights(by_name[name]), name
-        text = _intermediate_allocation(build.hand_schedule(by_name[name], STRUCTURE).mod)
+        wl = by_name[name]
+        assert _packed_weights(wl), name
+        text = _intermediate_allocation(build.hand_schedule(wl, STRUCTURE).mod)
         assert "pointwise_filter_global = T.sblock_alloc_buffer((1, 1, " in text, text
-        spaces = llvm.design_spaces(s_tir.Schedule(build.workload_module(by_name[name], STRUCTURE)), by_name[name], STRUCTURE)
+        spaces = llvm.design_spaces(s_tir.Schedule(build.workload_module(wl, STRUCTURE)), wl, STRUCTURE)
         assert [_copies_weight_panels(space) for space in spaces] == [True, False, False], \
             "the fused space reads them in place, and so does a copy of the hand-written one"
     for name in ("b3-6x12x64x1-s1-SAME-o64-NHWC-float32", "b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32",

@@ -118,8 +118,8 @@ def test_compiling_uses_the_verdict(tuned_log, monkeypatch, rng):
     assert (trace is not None) == (outcomes[0].use == "tuned")
     # Force each choice through a verdict of the job's own form: the latest verdict wins.
     log = TuningLog(folder)
-    best = min((r for r in log.records(log.commit_workload(build.workload_module(wl, host_target())))[1:] if r.run_secs),
-               key=lambda r: float(r.run_secs[0]))
+    records = log.records(log.commit_workload(build.workload_module(wl, host_target())))
+    best = min((r for r in records[1:] if r.run_secs), key=lambda r: float(r.run_secs[0]))
     verdict = Verdict.from_json(json.loads(_lines(folder / VERDICT_FILE)[-1]))
     trace = plain_json(best.trace.as_json(remove_postproc=False))
     log.commit_verdict(dataclasses.replace(verdict, use="hand", trace=trace))
@@ -329,7 +329,8 @@ def test_tuning_records_that_do_not_fit_fall_back_to_hand_written(tmp_path, monk
     choices = [{}, {"use": "tuned"}, {"use": "tuned", "trace": foreign}]
     with open(folder / VERDICT_FILE, "w") as f:
         for wl, choice in zip(workloads, choices):
-            verdict = {"workload": module_hash(build.workload_module(wl, host_target())), "describe": wl.describe(), **choice}
+            verdict = {"workload": module_hash(build.workload_module(wl, host_target())), "describe": wl.describe(),
+                       **choice}
             f.write(json.dumps(verdict) + "\n")
     monkeypatch.setenv("TVMSEP_TUNING_DIR", str(tmp_path))
     ops.forget_kernels()

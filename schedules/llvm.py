@@ -86,7 +86,8 @@ before the GEMM cost a write and a read of them through memory.
 Padding is inlined into the depthwise loads as a zero test per product. With
 AVX-512 a test is a mask on its FMA; for CPUs without masked FMAs (AVX2, NEON) the
 compiler takes the tests out of the loops' interior iterations (tvmsep/interior.py),
-so only the border tiles test.
+so only the border tiles test. A register block with a tail (`_block`: 19 pixels in
+blocks of 8) has its bounds test taken out of the whole blocks on every CPU, likewise.
 
 The block sizes and vector widths are knobs: each is a meta-schedule
 `sample_categorical` whose decision is the hand-written choice, so this same

@@ -62,11 +62,16 @@ class Backend(abc.ABC):
         """The target's `compute.Arithmetic`."""
 
     def splits_interior(self, target: Any) -> bool:
-        """Whether the target's kernels take the padding's tests out of their interior tiles
-        (interior.py): where the FMA takes no mask, and each test costs an instruction per
+        """Whether the target's kernels take tests out of their interior tiles (interior.py):
+        loops' kernels do (`CPU`); a GPU's tiles are threads, and its schedules were never measured split."""
+        return False
+
+    def splits_padding(self, target: Any) -> bool:
+        """Whether the padding's tests are taken out too, besides the bounds tests of tiles that
+        overhang (interior.py): where the FMA takes no mask, and each test costs an instruction per
         product and its mask a vector register. Where it takes one, the masks stay in mask
-        registers, part of an instruction, and AVX-512's split kernels measured slower on most
-        layers (benchmarks/padding.py)."""
+        registers, part of an instruction, and AVX-512's kernels split at the padding measured
+        slower on most layers (benchmarks/padding.py)."""
         return not self.arithmetic(target).masked_fma
 
     @abc.abstractmethod
@@ -257,6 +262,11 @@ class CPU(Backend):
     def schedules(self) -> ModuleType:
         from tvmsep.schedules import llvm
         return llvm
+
+    def splits_interior(self, target: Any) -> bool:
+        """Always, for the bounds tests: a tile that overhangs branches around each of its
+        products, which keeps its accumulators out of registers on any CPU (interior.py)."""
+        return True
 
     def chip(self, target: Any) -> str:
         return str(target.attrs.get("mcpu", ""))

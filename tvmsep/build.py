@@ -208,16 +208,18 @@ PASS_CONFIG = {"s_tir.LoopPartition": {"partition_const_loop": False}}
 
 def compile_scheduled(mod: tvm.IRModule, target: Target) -> tvm.runtime.Module:
     """TVM's compiler with the pass configuration every tvmsep kernel is built with; for
-    CPUs whose FMA takes no mask (x86-64 below AVX-512, aarch64), with the loops split at the
-    padding's border (interior.py; which targets and why: `Backend.splits_interior`).
+    CPUs, with the loops split at the last tile of a tiling that overhangs and, where the FMA
+    takes no mask (x86-64 below AVX-512, aarch64), at the padding's border (interior.py;
+    which targets and why: `Backend.splits_interior`, `Backend.splits_padding`).
 
     The split is an optimization: where TVM's later passes refuse a split module (a
     buffer-region analysis overflows on the split's conditions in some schedules of
     meta-schedule's generic space), the kernel is built unsplit, as it would be without it."""
     with tvm.transform.PassContext(opt_level=3, config=PASS_CONFIG):
-        if backend_for(target).splits_interior(target):
+        backend = backend_for(target)
+        if backend.splits_interior(target):
             try:
-                return tvm.compile(split_interior(mod), target=target)
+                return tvm.compile(split_interior(mod, padding=backend.splits_padding(target)), target=target)
             except Exception:  # TVM raises its failed checks as several Python error types
                 pass
         return tvm.compile(mod, target=target)

@@ -1,27 +1,34 @@
-"""Padding tests taken out of the loops where they always hold.
+"""Padding and bounds tests taken out of the loops where they always hold.
 
-A padded convolution tests, for each product, whether its tap lies on the input
-(compute.py: as in TF, a tap over the padding adds nothing, even an Inf or NaN one).
-Inside the image every test holds, but the generated code does not know it and tests
-each product: where the CPU has no masked FMA (AVX2, NEON) each product then takes a
-select besides its FMA (compute.Arithmetic), and its mask a vector register, which the
-register tiles need.
+Two kinds of test guard the products of a kernel's tiles:
 
-`split_interior` splits each loop whose body holds such tests (compute.py marks them
-`likely`, as TVM marks the bounds test of a tile that overhangs the output) into the
-iterations where every test that uses the loop's variable holds for all values of the
-loops inside it, and the rest:
+- padding: a padded convolution tests, for each product, whether its tap lies on the
+  input (compute.py: as in TF, a tap over the padding adds nothing, even an Inf or NaN
+  one; it marks the test `likely`). Inside the image every test holds, but the
+  generated code does not know it and tests each product: where the CPU has no masked
+  FMA (AVX2, NEON) each product then takes a select besides its FMA
+  (compute.Arithmetic), and its mask a vector register, which the register tiles need.
+- bounds: where an axis is cut into tiles that do not divide it (19 pixels in blocks of
+  8), TVM guards every statement of the last tile's overhang with an `if`. In a tile of
+  unrolled taps that is a branch around each product, and the tile's accumulators,
+  which the branches keep out of registers, are loaded and stored around each of them,
+  whatever the CPU.
+
+`split_interior` splits each loop whose body holds such tests into the iterations
+where every test that uses the loop's variable holds for all values of the loops
+inside it, and the rest:
 
 - a serial loop whose other iterations are a few at either end has them peeled: each
   runs with the variable a constant, so its tests fold away too once the loops inside
-  are unrolled (the first and last pixel blocks of a row);
+  are unrolled (the first and last pixel blocks of a row, or the last tile);
 - any other loop (a parallel one: rows) tests once per iteration,
   `if interior: body without the tests else: body`.
 
 Each part is split again by the loops inside it: a border row's pixel blocks, for one.
 
-build.compile_scheduled applies it for the targets `Backend.splits_interior` names (CPUs
-whose FMA takes no mask: x86-64 below AVX-512, aarch64).
+build.compile_scheduled applies it to CPU kernels (`Backend.splits_interior`): the
+bounds tests always, the padding's where the FMA takes no mask (x86-64 below AVX-512,
+aarch64; `Backend.splits_padding`).
 
 A test is dropped only where TVM's arithmetic analyzer proves it true under the
 split's condition, so the split removes work and never changes a result. It runs at
@@ -66,35 +73,37 @@ _LOWERING = (
 )
 
 
-def split_interior(mod: tvm.IRModule) -> tvm.IRModule:
-    """`mod` (scheduled) lowered to where loops are partitioned, its loops split at the
-    padding's border. Call inside the PassContext the module is compiled in."""
+def split_interior(mod: tvm.IRModule, padding: bool = True) -> tvm.IRModule:
+    """`mod` (scheduled) lowered to where loops are partitioned, its loops split where the
+    bounds tests of overhanging tiles and, with `padding`, the padding's tests change.
+    Call inside the PassContext the module is compiled in."""
     lowered = tvm.transform.Sequential([make() for make in _LOWERING])(mod)
-    functions = {gv: f.with_body(_split(f.body, sym.Analyzer())) if isinstance(f, tirx.PrimFunc) else f
+    functions = {gv: f.with_body(_split(f.body, sym.Analyzer(), padding)) if isinstance(f, tirx.PrimFunc) else f
                  for gv, f in lowered.functions.items()}
     # A peeled or unswitched body defines its loops' variables and buffers once per copy.
     return tirx.transform.ConvertSSA()(tvm.IRModule(functions))
 
 
-def _split(stmt, analyzer: sym.Analyzer):
-    """`stmt` with every loop that holds padding tests split (module docstring)."""
+def _split(stmt, analyzer: sym.Analyzer, padding: bool):
+    """`stmt` with every loop that holds tests split (module docstring); the padding's
+    tests count with `padding`, the bounds tests always."""
     def on_loop(loop: tirx.For, mutator):
-        if loop.kind not in (tirx.ForKind.SERIAL, tirx.ForKind.PARALLEL) or not _tests(loop.body):
+        if loop.kind not in (tirx.ForKind.SERIAL, tirx.ForKind.PARALLEL) or not _tests(loop.body, padding):
             return mutator.default_mutate(loop)
-        interior = _interior(loop, analyzer)
+        interior = _interior(loop, analyzer, padding)
         if interior is None:
             return mutator.default_mutate(loop)
-        peeled = _peeled(loop, interior, analyzer)
+        peeled = _peeled(loop, interior, analyzer, padding)
         if peeled is not None:
             return peeled
         if _is_const(interior, False):
             return mutator.default_mutate(loop)
-        return _unswitched(loop, interior, analyzer)
+        return _unswitched(loop, interior, analyzer, padding)
 
     return tvm_ffi.structural_mutate(stmt, [(tirx.For, on_loop)])
 
 
-def _peeled(loop: tirx.For, interior, analyzer: sym.Analyzer):
+def _peeled(loop: tirx.For, interior, analyzer: sym.Analyzer, padding: bool):
     """`loop` as its border iterations, each with the variable a constant, around a loop
     over the interior (if any); None unless `loop` is serial with a constant range whose
     interior is one run with at most PEEL_MOST border iterations at each end (a loop of
@@ -110,37 +119,39 @@ def _peeled(loop: tirx.For, interior, analyzer: sym.Analyzer):
     start, stop = (inside[0], inside[-1] + 1) if inside else ((first + end + 1) // 2,) * 2
     if len(inside) != stop - start or start - first > PEEL_MOST or end - stop > PEEL_MOST:
         return None
-    borders = [_split(_substituted(loop.body, loop.loop_var, k, dtype), analyzer)
+    borders = [_split(_substituted(loop.body, loop.loop_var, k, dtype), analyzer, padding)
                for k in [*range(first, start), *range(stop, end)]]
     if not inside:
         return _sequence(borders)
     within = analyzer.clone()
     within.bind(loop.loop_var, tvm.ir.Range.from_min_extent(start, stop - start), allow_override=True)
     middle = tirx.For(loop.loop_var, tirx.const(start, dtype), tirx.const(stop - start, dtype), loop.kind,
-                      _split(_settled(loop.body, within), within), loop.thread_binding, loop.annotations)
+                      _split(_settled(loop.body, within), within, padding), loop.thread_binding,
+                      loop.annotations)
     head = start - first
     return _sequence([*borders[:head], middle, *borders[head:]])
 
 
-def _unswitched(loop: tirx.For, interior, analyzer: sym.Analyzer) -> tirx.For:
+def _unswitched(loop: tirx.For, interior, analyzer: sym.Analyzer, padding: bool) -> tirx.For:
     """`loop` testing `interior` once per iteration: the body without the tests it makes
     true, or else the whole body, each split further."""
     within = analyzer.clone()
     within.bind(loop.loop_var, tvm.ir.Range.from_min_extent(loop.min, loop.extent), allow_override=True)
     with within.constraint_scope(interior):
-        inside = _split(_settled(loop.body, within), within)
-    body = inside if _is_const(interior, True) else tirx.IfThenElse(interior, inside, _split(loop.body, analyzer))
+        inside = _split(_settled(loop.body, within), within, padding)
+    body = inside if _is_const(interior, True) else \
+        tirx.IfThenElse(interior, inside, _split(loop.body, analyzer, padding))
     return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body, loop.thread_binding, loop.annotations)
 
 
-def _interior(loop: tirx.For, analyzer: sym.Analyzer):
+def _interior(loop: tirx.For, analyzer: sym.Analyzer, padding: bool):
     """The condition on `loop`'s variable (and the variables outside it) under which every
-    padding test in its body that uses the variable holds whatever the loops inside it do;
+    test in its body that uses the variable holds whatever the loops inside it do;
     None when some such test is not a comparison bounded over those loops."""
     inner = _walk(loop.body, tirx.For)
     defined_inside = _defined_vars(loop.body)
     guards: list = []
-    for test in _tests(loop.body):
+    for test in _tests(loop.body, padding):
         for part in _conjuncts(test):
             if not _uses(part, loop.loop_var):
                 continue
@@ -152,6 +163,9 @@ def _interior(loop: tirx.For, analyzer: sym.Analyzer):
     if not guards:
         return None
     return analyzer.simplify(tirx.all(*guards))
+
+
+_COMPARISONS = (prim.LT, prim.LE, prim.GT, prim.GE)
 
 
 def _guard(comparison, inner: Sequence[tirx.For], analyzer: sym.Analyzer):
@@ -171,8 +185,8 @@ def _guard(comparison, inner: Sequence[tirx.For], analyzer: sym.Analyzer):
 
 
 def _settled(stmt, analyzer: sym.Analyzer):
-    """`stmt` without the parts of its padding tests that `analyzer` proves true, the
-    loops inside `stmt` bound to their ranges."""
+    """`stmt` without the parts of its padding tests, and the bounds tests, that `analyzer`
+    proves true, the loops inside `stmt` bound to their ranges."""
     analyzer = analyzer.clone()
     for f in _walk(stmt, tirx.For):
         analyzer.bind(f.loop_var, tvm.ir.Range.from_min_extent(f.min, f.extent), allow_override=True)
@@ -186,7 +200,12 @@ def _settled(stmt, analyzer: sym.Analyzer):
             return call
         return tirx.likely(tirx.all(*left)) if left else tirx.const(True, "bool")
 
-    return tvm_ffi.structural_map(stmt, [(Call, settle)])
+    def settle_bounds(guarded: tirx.IfThenElse):
+        if guarded.else_case is None and analyzer.can_prove(guarded.condition):
+            return guarded.then_case
+        return guarded
+
+    return tvm_ffi.structural_map(stmt, [(Call, settle), (tirx.IfThenElse, settle_bounds)])
 
 
 def _sequence(stmts: list):
@@ -194,8 +213,12 @@ def _sequence(stmts: list):
     return stmts[0] if len(stmts) == 1 else tirx.SeqStmt(stmts)
 
 
-def _tests(stmt) -> list:
-    return [c.args[0] for c in _walk(stmt, Call) if c.op.same_as(_LIKELY)]
+def _tests(stmt, padding: bool) -> list:
+    """The bounds tests in `stmt` (the conditions of its `if`s without an else that only
+    compare: TVM lowers a tile's predicate to one) and, with `padding`, the padding's tests."""
+    bounds = [s.condition for s in _walk(stmt, tirx.IfThenElse)
+              if s.else_case is None and all(isinstance(p, _COMPARISONS) for p in _conjuncts(s.condition))]
+    return bounds + ([c.args[0] for c in _walk(stmt, Call) if c.op.same_as(_LIKELY)] if padding else [])
 
 
 def _conjuncts(condition) -> list:

@@ -1,8 +1,10 @@
-"""The padding's border split from its interior (tvmsep/interior.py): read from the assembly,
-the interior tiles of padded kernels test no padding, and the split kernels compute TF's
-result. Kernels are split for CPUs without masked FMAs, x86-64 below AVX-512 and aarch64: the
-tests read NEON's and AVX2's, and run AVX2's, which run on every x86-64 CPU these tests run on
-(the emulated aarch64 tests run NEON's)."""
+"""The padding's border and an overhanging tile's bounds split from the interior
+(tvmsep/interior.py): read from the assembly, the interior tiles of padded kernels test no
+padding and the whole tiles of an overhanging tiling keep their accumulators in registers,
+and the split kernels compute TF's result. Kernels are split at the padding for CPUs without
+masked FMAs, x86-64 below AVX-512 and aarch64, and at the bounds for every CPU: the tests
+read NEON's, AVX2's and AVX-512's, and run AVX2's, which run on every x86-64 CPU these tests
+run on, and this CPU's (the emulated aarch64 tests run NEON's)."""
 
 import numpy as np
 import pytest

@@ -88,9 +88,8 @@ def _split(stmt, analyzer: sym.Analyzer, padding: bool):
     """`stmt` with every loop that holds tests split (module docstring); the padding's
     tests count with `padding`, the bounds tests always."""
     def on_loop(loop: tirx.For, mutator):
-        if loop.kind not in (tirx.ForKind.SERIAL, tirx.ForKind.PARALLEL) or not _tests(loop.body, padding):
-            return mutator.default_mutate(loop)
-        interior = _interior(loop, analyzer, padding)
+        tests = _tests(loop.body, padding) if loop.kind in (tirx.ForKind.SERIAL, tirx.ForKind.PARALLEL) else []
+        interior = _interior(loop, tests, analyzer) if tests else None
         if interior is None:
             return mutator.default_mutate(loop)
         peeled = _peeled(loop, interior, analyzer, padding)
@@ -144,14 +143,14 @@ def _unswitched(loop: tirx.For, interior, analyzer: sym.Analyzer, padding: bool)
     return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body, loop.thread_binding, loop.annotations)
 
 
-def _interior(loop: tirx.For, analyzer: sym.Analyzer, padding: bool):
+def _interior(loop: tirx.For, tests: list, analyzer: sym.Analyzer):
     """The condition on `loop`'s variable (and the variables outside it) under which every
-    test in its body that uses the variable holds whatever the loops inside it do;
+    one of `tests` (its body's) that uses the variable holds whatever the loops inside it do;
     None when some such test is not a comparison bounded over those loops."""
     inner = _walk(loop.body, tirx.For)
     defined_inside = _defined_vars(loop.body)
     guards: list = []
-    for test in _tests(loop.body, padding):
+    for test in tests:
         for part in _conjuncts(test):
             if not _uses(part, loop.loop_var):
                 continue

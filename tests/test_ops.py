@@ -180,7 +180,7 @@ def test_misaligned_arrays_are_used_in_place(rng):
 def test_a_large_result_starts_on_a_cache_line(op, rng):
     """numpy allocates on 16 bytes; a depthwise kernel's vector stores would straddle lines, and
     so would the loads of the next layer's depthwise, which reads the result as its input."""
-    x = _random(rng, (1, 32, 32, 64), "float32")  # a 256 KiB result, past ALIGNED_RESULT_MIN_BYTES
+    x = _random(rng, (1, 32, 32, 64), "float32")  # a 256 KiB result, past PLACED_RESULT_MIN_BYTES
     f = _random(rng, (3, 3, 64, 1), "float32")
     p = _random(rng, (1, 1, 64, 64), "float32")
     if op == "depthwise":
@@ -194,6 +194,28 @@ def test_a_large_result_starts_on_a_cache_line(op, rng):
     assert all(y.ctypes.data % runtime.CACHE_LINE_BYTES == 0 for y in results)
     assert all(y.flags.c_contiguous and y.flags.writeable and y.shape == wl.output_shape for y in results)
     assert_close(results[-1], expected, "float32")
+
+
+@pytest.mark.parametrize("start", [0, 16, 2000, "read-only"])
+def test_a_large_result_starts_two_lines_before_its_input_in_a_page(start, rng):
+    """A CPU holds a load whose page offset matches a store in flight: a depthwise kernel of 256
+    channels or more waits on most loads when its result starts a few lines past its input's
+    place in a page, which numpy's placement gives by chance. Inputs on a line, off one, and
+    read-only (which numpy does not export by DLPack) alike."""
+    values = _random(rng, (1, 16, 16, 256), "float32")  # a 256 KiB result
+    raw = np.empty(values.nbytes + 4096, np.uint8)
+    skip = ((0 if start == "read-only" else start) - raw.ctypes.data) % 4096  # numpy allocates on 16 bytes
+    x = raw[skip:skip + values.nbytes].view(np.float32).reshape(values.shape)
+    x[...] = values
+    x.flags.writeable = start != "read-only"
+    f = _random(rng, (3, 3, 256, 1), "float32")
+    wl = depthwise_workload(x.shape, x.dtype, f.shape, f.dtype, [1, 1, 1, 1], "SAME")
+    results = [tvmsep.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME") for _ in range(4)]  # held: fresh memory
+    for y in results[1:]:  # the first may be made in memory kept from an earlier test, placed for its input
+        before = (x.ctypes.data - y.ctypes.data) % 4096
+        assert y.ctypes.data % runtime.CACHE_LINE_BYTES == 0
+        assert runtime.RESULT_BEFORE_INPUT_BYTES <= before < runtime.RESULT_BEFORE_INPUT_BYTES + 64, before
+    assert_close(results[-1], depthwise_reference(x, f, wl), "float32")
 
 
 def test_a_large_result_is_written_where_the_last_one_was_only_when_nothing_refers_to_it(rng):

@@ -11,7 +11,7 @@ Compiled CPU code assumes only element alignment (`compute._element_aligned`);
 CUDA code loads VECTOR_BYTES at a time, so a device tensor that is not aligned
 to that (a view into another tensor) is copied to one that is.
 
-A new result on the host starts on a cache line (`_LineAlignedResults`). numpy
+A new result on the host starts on a cache line (`_PlacedResults`). numpy
 allocates on 16 bytes, so a vector a line wide (AVX-512) at any such address
 straddles two lines: a depthwise kernel's stores would, one per handful of loads,
 and so would every load of a depthwise kernel that reads the result as its input,
@@ -20,10 +20,25 @@ from L1 and L2 take much longer on an input off a line
 (benchmarks/alignment.py). Finding an array's address from Python costs about a
 microsecond, and numpy places one result in four on a line by chance, so results
 too small for the straddling to outweigh that are left as numpy allocates them
-(`ALIGNED_RESULT_MIN_BYTES`). The larger ones spare that microsecond on most
+(`PLACED_RESULT_MIN_BYTES`). The larger ones spare that microsecond on most
 calls: a kernel keeps the memory of its last result and writes the next one there
 when nothing refers to it any more, as in a network, where the next layer has read
 it and let it go.
+
+Such a result also starts at a chosen place in its 4 KiB page: two lines before the
+place of the kernel's input (`_placed_offset`). A CPU checks each load against the
+stores still in flight by the low 12 bits of their addresses, the offset in a page,
+and a load that matches one waits for it although the addresses differ ("4K
+aliasing"). A depthwise kernel stores a tile of pixels at one channel vector, and the
+next tiles load the input at the channel vectors that follow. Where a pixel's channels
+take a multiple of 1 KiB (256 float32 channels and up), the page offsets of pixels
+differ by whole KiB, so a result that starts from 0 to a few lines past the input's
+place, or past a KiB beyond it, makes those loads wait, and numpy puts a new array
+anywhere in a page (benchmarks/results/page-offset-*.md). A result that starts before
+the input's place matches only loads made before its stores; one line before still
+slowed some layers, two lines none. The place is chosen for the input of the call that
+makes the memory and kept with the memory: in a network, and in a loop over one input,
+the same input comes back.
 
 This module needs only the TVM runtime, never the compiler.
 """
@@ -48,8 +63,10 @@ __all__ = ["Kernel", "Home", "to_array", "output_array", "VECTOR_BYTES"]
 CPU, CUDA = 1, 2  # DLPack device types
 VECTOR_BYTES = 16  # the widest load the CUDA kernels issue (float4)
 CACHE_LINE_BYTES = 64
+PAGE_BYTES = 4096  # what the CPU's check of loads against stores in flight compares: a page offset
+RESULT_BEFORE_INPUT_BYTES = 2 * CACHE_LINE_BYTES  # a placed result's start, before its input's (docstring)
 _NDARRAY = np.ndarray
-ALIGNED_RESULT_MIN_BYTES = 64 << 10  # a new result at least this large starts on a cache line
+PLACED_RESULT_MIN_BYTES = 64 << 10  # a new result at least this large starts on a cache line, placed in its page
 KEPT_RESULT_MAX_BYTES = 16 << 20  # a kernel keeps the memory of its last result up to this size
 
 # What a kernel takes: host arrays as numpy, device arrays as TVM tensors.
@@ -202,8 +219,9 @@ def _check_shape_dtype(fn: str, shape: tuple, dtype: Any, wl: Workload) -> None:
         raise TypeError(f"{fn}: `out` has dtype {dtype}; the result has dtype {wl.dtype}")
 
 
-class _LineAlignedResults:
-    """New C-contiguous results of one shape, each starting on a cache line.
+class _PlacedResults:
+    """New C-contiguous results of one shape, each starting on a cache line, two lines before its
+    input's place in a page (module docstring).
 
     The memory of the last one is kept (up to KEPT_RESULT_MAX_BYTES: past that, a call's time
     hides the microsecond and the memory would outweigh it), and the next result is made in it
@@ -215,19 +233,33 @@ class _LineAlignedResults:
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype, nbytes: int) -> None:
         self._shape, self._dtype, self._nbytes = shape, dtype, nbytes
         self._keeps = nbytes <= KEPT_RESULT_MAX_BYTES
-        self._kept: list[tuple[np.ndarray, int]] = []  # (memory, offset of its first line)
+        self._kept: list[tuple[np.ndarray, int]] = []  # (memory, offset of the result in it)
 
-    def new(self) -> np.ndarray:
+    def new(self, first_input: np.ndarray) -> np.ndarray:
         taken = _take_kept(self._kept)
         if taken is not None and taken[2] == _UNREFERENCED:
             memory, offset, _ = taken
         else:
-            memory = np.empty(self._nbytes + CACHE_LINE_BYTES, np.uint8)
-            address = tvm_ffi.from_dlpack(memory).data_ptr()  # a third of the time `memory.ctypes.data` takes
-            offset = -address % CACHE_LINE_BYTES
+            memory = np.empty(self._nbytes + PAGE_BYTES, np.uint8)
+            offset = _placed_offset(_address(memory), _address(first_input))
         if self._keeps and not self._kept:
             self._kept.append((memory, offset))
         return np.ndarray(self._shape, self._dtype, memory, offset)
+
+
+def _placed_offset(memory: int, first_input: int) -> int:
+    """Where in `memory` (an address) a result starts: on a cache line, RESULT_BEFORE_INPUT_BYTES
+    or up to a line more before `first_input`'s offset in its page, within one page of the start."""
+    start = (first_input - RESULT_BEFORE_INPUT_BYTES) // CACHE_LINE_BYTES * CACHE_LINE_BYTES
+    return (start - memory) % PAGE_BYTES
+
+
+def _address(a: np.ndarray) -> int:
+    """The address of `a`'s first element."""
+    try:
+        return tvm_ffi.from_dlpack(a).data_ptr()  # a third of the time `a.ctypes.data` takes
+    except (BufferError, ValueError, TypeError):  # numpy does not export a read-only array
+        return a.ctypes.data
 
 
 def _take_kept(kept: list) -> tuple[Any, int, int] | None:
@@ -262,9 +294,9 @@ class Kernel:
         self._on_gpu = self.device.dlpack_device_type() == CUDA
         self._output_shape, self._output_dtype = workload.output_shape, np.dtype(workload.dtype)  # parsed once
         nbytes = math.prod(workload.output_shape) * self._output_dtype.itemsize
-        # Where new results start on a cache line (module docstring), else None: as numpy allocates.
-        self._aligned_results = _LineAlignedResults(self._output_shape, self._output_dtype, nbytes) \
-            if nbytes >= ALIGNED_RESULT_MIN_BYTES else None
+        # Where new results are placed (module docstring), else None: as numpy allocates.
+        self._placed_results = _PlacedResults(self._output_shape, self._output_dtype, nbytes) \
+            if nbytes >= PLACED_RESULT_MIN_BYTES else None
         threads.note_kernel()
 
     def run(self, inputs: Sequence[Array], out: Array | None, home: Home = HOST) -> Array:
@@ -298,10 +330,10 @@ class Kernel:
             return None
         given = out is not None
         if not given:
-            if self._aligned_results is None:
+            if self._placed_results is None:
                 out = np.empty(self._output_shape, self._output_dtype)
             else:
-                out = self._aligned_results.new()
+                out = self._placed_results.new(inputs[0])
         elif type(out) is np.ndarray:
             _check_overlap(self.workload.op, out, inputs)
         else:

@@ -1,0 +1,86 @@
+"""What a result's place in a 4 KiB page, against its input's, costs a kernel, on this machine.
+
+    python benchmarks/page_offset.py [--layers v1_07,v1_13] [--op depthwise] [--output PATH]
+
+A CPU checks each load against the stores still in flight by the low 12 bits of their
+addresses, and holds a load that matches one ("4K aliasing"). numpy puts a new array
+anywhere in a page, so where a kernel's result lies against its input, in the low 12 bits,
+is left to chance; tvmsep places its own results two lines before the input
+(tvmsep/runtime.py). Each layer's hand-written kernel is timed here on the same input, on a
+page, with its result at each distance from the input's place (result minus input, in bytes,
+modulo a page), the distances taking turns; medians in microseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tvmsep import build, runtime
+from tvmsep.networks import network
+from tvmsep.target import host_target
+
+from alignment import array_at
+from limits import median_ms_in_turns
+
+# Result minus input, modulo a page: the lines right after the input's place, and after a KiB
+# or two past it, then the place tvmsep chooses (runtime.RESULT_BEFORE_INPUT_BYTES before it).
+DISTANCES = (0, 64, 128, 256, 1024, 2048, 512, 1536, -64, -runtime.RESULT_BEFORE_INPUT_BYTES)
+CHOSEN = DISTANCES[-1]
+
+
+def measure(layer_names: list[str], op: str, repeats: int = 200) -> list[tuple[str, int, list[float]]]:
+    """Per layer: its input channels and the median microseconds at each of DISTANCES."""
+    layers = {layer.name: layer for layer in network("public") + network("unseen")}
+    rng = np.random.default_rng(0)
+    rows = []
+    for name in layer_names:
+        wl = layers[name].workload(op)
+        kernel = runtime.Kernel(wl, build.compile_module(wl, host_target())["main"], "hand-written")
+        shapes = [wl.input_shape, wl.filter_shape] + ([wl.pointwise_shape] if op == "separable" else [])
+        inputs = [array_at(rng.standard_normal(shape, dtype=np.float32), 0, runtime.PAGE_BYTES) for shape in shapes]
+        calls = {}
+        for distance in DISTANCES:
+            out = array_at(np.full(wl.output_shape, np.nan, np.float32), distance % runtime.PAGE_BYTES,
+                           runtime.PAGE_BYTES)
+            calls[distance] = functools.partial(kernel.run, inputs, out)
+        ms = median_ms_in_turns(calls, repeats)
+        rows.append((name, wl.in_channels, [ms[d] * 1e3 for d in DISTANCES]))
+        print(name, " ".join(f"{t:.1f}" for t in rows[-1][2]), flush=True)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", default="v1_03,v1_05,v1_06,v1_07,v1_12,v1_13,v2_05,v2_09,v2_11,"
+                                            "xception_19x728,effb0_14x672_k5,convnext_7x768_k7")
+    parser.add_argument("--op", choices=("depthwise", "separable"), default="depthwise")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    rows = measure(args.layers.split(","), args.op)
+    mcpu = host_target().attrs["mcpu"]
+    lines = [f"# A result's place in a page against its input's, {args.op}, fp32 ({mcpu})", "",
+             f"- date: {datetime.date.today()}",
+             f"- command: `{' '.join(['python benchmarks/page_offset.py', *sys.argv[1:]])}`",
+             "- median us per call of the hand-written kernel, input and result on cache lines, the result's "
+             "start minus the input's at each distance modulo 4 KiB (the column, in bytes); the distances take "
+             "turns in blocks of 25 calls, in a random order each round, the first 5 of a block not counted. "
+             f"tvmsep places its own results at {CHOSEN}", "",
+             "| layer | channels | " + " | ".join(f"{d:+d}" for d in DISTANCES) + f" | worst / {CHOSEN} |",
+             "|---|---|" + "---|" * (len(DISTANCES) + 1)]
+    for name, channels, times in rows:
+        lines.append(f"| {name} | {channels} | " + " | ".join(f"{t:.1f}" for t in times)
+                     + f" | {max(times) / times[-1]:.2f}x |")
+    output = args.output or Path(__file__).parent / "results" / f"page-offset-{mcpu}.md"
+    output.write_text("\n".join(lines) + "\n")
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

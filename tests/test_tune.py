@@ -289,6 +289,27 @@ def test_a_job_whose_measurements_all_fail_says_so_and_writes_no_verdict(tmp_pat
     assert _tvm_records(tmp_path / FOLDER), "the failed records are logged"
 
 
+def test_candidates_here_are_timed_on_arguments_placed_as_a_call_places_them():
+    """A candidate is timed as tvmsep's call runs it: inputs on cache lines, random, and the result
+    two lines before the input's place in a page. TVM's own allocator puts the result a line or two
+    past it, where a depthwise kernel's stores hold up its loads, so the search timed another case."""
+    from tvmsep import runtime, tune as tune_module
+    runner = tune_module.make_runner()
+    assert runner.f_alloc_argument is tune_module.place_on_host
+    wl = _tiny(channels=256)
+    info = [["TENSOR", wl.dtype, list(shape)] for shape in (wl.input_shape, wl.filter_shape, wl.output_shape)]
+    repeated = tune_module.place_on_host(tvm.cpu(), info, 2)
+    for args in repeated:
+        x, f, out = (a.numpy() for a in args)
+        assert [a.shape for a in (x, f, out)] == [wl.input_shape, wl.filter_shape, wl.output_shape]
+        addresses = [a.data_ptr() for a in args]
+        assert all(address % runtime.CACHE_LINE_BYTES == 0 for address in addresses)
+        before = (addresses[0] - addresses[2]) % runtime.PAGE_BYTES
+        assert runtime.RESULT_BEFORE_INPUT_BYTES <= before < runtime.RESULT_BEFORE_INPUT_BYTES + 64, before
+        assert np.all(np.abs(x) < 1) and np.unique(x).size > x.size // 2 and np.unique(f).size > f.size // 2
+    assert not np.array_equal(repeated[0][0].numpy(), repeated[1][0].numpy())
+
+
 def test_rpc_measurement_survives_losing_a_server(tmp_path):
     tracker, tracker_port = start_tracker()
     servers = []

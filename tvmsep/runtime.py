@@ -26,7 +26,7 @@ when nothing refers to it any more, as in a network, where the next layer has re
 it and let it go.
 
 Such a result also starts at a chosen place in its 4 KiB page: two lines before the
-place of the kernel's input (`_placed_offset`). A CPU checks each load against the
+place of the kernel's input (`placed_offset`). A CPU checks each load against the
 stores still in flight by the low 12 bits of their addresses, the offset in a page,
 and a load that matches one waits for it although the addresses differ ("4K
 aliasing"). A depthwise kernel stores a tile of pixels at one channel vector, and the
@@ -58,7 +58,7 @@ import tvm_ffi
 from . import threads
 from .spec import Workload
 
-__all__ = ["Kernel", "Home", "to_array", "output_array", "VECTOR_BYTES"]
+__all__ = ["Kernel", "Home", "to_array", "output_array", "placed_offset", "VECTOR_BYTES"]
 
 CPU, CUDA = 1, 2  # DLPack device types
 VECTOR_BYTES = 16  # the widest load the CUDA kernels issue (float4)
@@ -241,17 +241,18 @@ class _PlacedResults:
             memory, offset, _ = taken
         else:
             memory = np.empty(self._nbytes + PAGE_BYTES, np.uint8)
-            offset = _placed_offset(_address(memory), _address(first_input))
+            offset = placed_offset(memory, first_input)
         if self._keeps and not self._kept:
             self._kept.append((memory, offset))
         return np.ndarray(self._shape, self._dtype, memory, offset)
 
 
-def _placed_offset(memory: int, first_input: int) -> int:
-    """Where in `memory` (an address) a result starts: on a cache line, RESULT_BEFORE_INPUT_BYTES
-    or up to a line more before `first_input`'s offset in its page, within one page of the start."""
-    start = (first_input - RESULT_BEFORE_INPUT_BYTES) // CACHE_LINE_BYTES * CACHE_LINE_BYTES
-    return (start - memory) % PAGE_BYTES
+def placed_offset(memory: np.ndarray, first_input: np.ndarray) -> int:
+    """Where in `memory` (at least PAGE_BYTES longer than the result) a result of a kernel whose
+    first input is `first_input` starts: on a cache line, RESULT_BEFORE_INPUT_BYTES or up to a line
+    more before the input's offset in its page (module docstring)."""
+    start = (_address(first_input) - RESULT_BEFORE_INPUT_BYTES) // CACHE_LINE_BYTES * CACHE_LINE_BYTES
+    return (start - _address(memory)) % PAGE_BYTES
 
 
 def _address(a: np.ndarray) -> int:

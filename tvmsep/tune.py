@@ -41,9 +41,11 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir import Schedule
 from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+from tvm.s_tir.meta_schedule.runner.local_runner import default_alloc_argument
 from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
 from tvm.target import Target
 
+from . import runtime
 from .backends import backend_for
 from .build import compile_scheduled, hand_schedule, scheduled_module, schedules_for, workload_module
 from .spec import Workload
@@ -52,7 +54,7 @@ from .tuning_log import FAILED_SECONDS, TuningLog, record_seconds
 from .verdicts import USE_HAND, USE_TUNED, Verdict, module_hash, plain_json, read_verdicts, target_folder_name
 
 __all__ = ["TuneOutcome", "TuningError", "tune", "format_table", "build_candidate", "export_candidate",
-           "fill_on_host", "make_builder", "make_runner"]
+           "fill_on_host", "place_on_host", "make_builder", "make_runner"]
 
 # Candidates per search round; small, so progress shows and a kill loses little.
 TRIALS_PER_ROUND = 8
@@ -112,6 +114,33 @@ def fill_on_host(session, device, args_info, alloc_repeat: int) -> list[list[tvm
     return alloc_argument_common(fill, device, args_info, alloc_repeat)
 
 
+def place_on_host(device, args_info, alloc_repeat: int) -> list[list[tvm.runtime.Tensor]]:
+    """Meta-schedule argument allocator for measuring on this machine's CPU: random inputs, each
+    on a cache line, and the result placed against the first input as tvmsep's calls place their
+    results (`runtime.placed_offset`). TVM's allocator puts arrays made one after another a line
+    or two apart in their pages, where a depthwise kernel's stores hold up its loads (4K
+    aliasing): every candidate would be timed in the case tvmsep's calls avoid, and the search
+    would favour the schedules that suffer least from it. Another device keeps TVM's default."""
+    if device.dlpack_device_type() != tvm.cpu().dlpack_device_type():
+        return default_alloc_argument(device, args_info, alloc_repeat)
+    rng = np.random.default_rng()
+    repeated = []
+    for _ in range(alloc_repeat):
+        arrays: list[np.ndarray] = []
+        for kind, dtype, shape in args_info:
+            if kind != "TENSOR":
+                raise NotImplementedError(f"argument {kind} {dtype} {shape}")
+            memory = np.empty(math.prod(shape) * np.dtype(dtype).itemsize + runtime.PAGE_BYTES, np.uint8)
+            is_result = len(arrays) == len(args_info) - 1 and arrays
+            offset = runtime.placed_offset(memory, arrays[0]) if is_result else \
+                -memory.ctypes.data % runtime.CACHE_LINE_BYTES
+            array = np.ndarray(tuple(shape), dtype, memory, offset)
+            array[...] = rng.uniform(-1.0, 1.0, array.shape)
+            arrays.append(array)
+        repeated.append([tvm.runtime.from_dlpack(a) for a in arrays])  # each holds its array
+    return repeated
+
+
 def _evaluator() -> ms.runner.EvaluatorConfig:
     return ms.runner.EvaluatorConfig(number=5, repeat=5, min_repeat_ms=30, enable_cpu_cache_flush=False)
 
@@ -129,7 +158,8 @@ def make_runner(rpc: str | None = None, rpc_key: str | None = None, timeout_sec:
     A session over RPC is given longer (default 120 s against 30 s here): a board is slower, and
     the candidate travels to it."""
     if rpc is None:
-        return ms.runner.LocalRunner(timeout_sec=timeout_sec or 30.0, evaluator_config=_evaluator())
+        return ms.runner.LocalRunner(timeout_sec=timeout_sec or 30.0, evaluator_config=_evaluator(),
+                                     f_alloc_argument=place_on_host)
     host, _, port = rpc.rpartition(":")
     if not host or not port.isdigit() or not rpc_key:
         raise ValueError(f"--rpc must be HOST:PORT with --rpc-key, got {rpc!r} and key {rpc_key!r}")

@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from tvmsep import build, runtime
-from tvmsep.networks import network
+from tvmsep import runtime
 from tvmsep.target import host_target
 
-from alignment import array_at
-from limits import median_ms_in_turns
+from alignment import array_at, time_arrangements
 
 # Result minus input, modulo a page: the lines right after the input's place, and after a KiB
 # or two past it, then the place tvmsep chooses (runtime.RESULT_BEFORE_INPUT_BYTES before it).
@@ -34,25 +31,11 @@ DISTANCES = (0, 64, 128, 256, 1024, 2048, 512, 1536, -64, -runtime.RESULT_BEFORE
 CHOSEN = DISTANCES[-1]
 
 
-def measure(layer_names: list[str], op: str, repeats: int = 200) -> list[tuple[str, int, list[float]]]:
-    """Per layer: its input channels and the median microseconds at each of DISTANCES."""
-    layers = {layer.name: layer for layer in network("public") + network("unseen")}
-    rng = np.random.default_rng(0)
-    rows = []
-    for name in layer_names:
-        wl = layers[name].workload(op)
-        kernel = runtime.Kernel(wl, build.compile_module(wl, host_target())["main"], "hand-written")
-        shapes = [wl.input_shape, wl.filter_shape] + ([wl.pointwise_shape] if op == "separable" else [])
-        inputs = [array_at(rng.standard_normal(shape, dtype=np.float32), 0, runtime.PAGE_BYTES) for shape in shapes]
-        calls = {}
-        for distance in DISTANCES:
-            out = array_at(np.full(wl.output_shape, np.nan, np.float32), distance % runtime.PAGE_BYTES,
-                           runtime.PAGE_BYTES)
-            calls[distance] = functools.partial(kernel.run, inputs, out)
-        ms = median_ms_in_turns(calls, repeats)
-        rows.append((name, wl.in_channels, [ms[d] * 1e3 for d in DISTANCES]))
-        print(name, " ".join(f"{t:.1f}" for t in rows[-1][2]), flush=True)
-    return rows
+def _at_distances(values: list[np.ndarray], out_shape: tuple[int, ...]) -> dict:
+    """One input on a page, the filters on lines, and a result at each of DISTANCES from the input."""
+    inputs = [array_at(values[0], 0, runtime.PAGE_BYTES)] + [array_at(v, 0) for v in values[1:]]
+    return {d: (inputs, array_at(np.full(out_shape, np.nan, np.float32), d % runtime.PAGE_BYTES, runtime.PAGE_BYTES))
+            for d in DISTANCES}
 
 
 def main() -> int:
@@ -62,7 +45,7 @@ def main() -> int:
     parser.add_argument("--op", choices=("depthwise", "separable"), default="depthwise")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
-    rows = measure(args.layers.split(","), args.op)
+    rows = time_arrangements(args.layers.split(","), args.op, _at_distances, 200)
     mcpu = host_target().attrs["mcpu"]
     lines = [f"# A result's place in a page against its input's, {args.op}, fp32 ({mcpu})", "",
              f"- date: {datetime.date.today()}",
@@ -73,8 +56,9 @@ def main() -> int:
              f"tvmsep places its own results at {CHOSEN}", "",
              "| layer | channels | " + " | ".join(f"{d:+d}" for d in DISTANCES) + f" | worst / {CHOSEN} |",
              "|---|---|" + "---|" * (len(DISTANCES) + 1)]
-    for name, channels, times in rows:
-        lines.append(f"| {name} | {channels} | " + " | ".join(f"{t:.1f}" for t in times)
+    for name, wl, us in rows:
+        times = [us[d] for d in DISTANCES]
+        lines.append(f"| {name} | {wl.in_channels} | " + " | ".join(f"{t:.1f}" for t in times)
                      + f" | {max(times) / times[-1]:.2f}x |")
     output = args.output or Path(__file__).parent / "results" / f"page-offset-{mcpu}.md"
     output.write_text("\n".join(lines) + "\n")

@@ -131,7 +131,7 @@ def place_on_host(device, args_info, alloc_repeat: int) -> list[list[tvm.runtime
             if kind != "TENSOR":
                 raise NotImplementedError(f"argument {kind} {dtype} {shape}")
             memory = np.empty(math.prod(shape) * np.dtype(dtype).itemsize + runtime.PAGE_BYTES, np.uint8)
-            is_result = len(arrays) == len(args_info) - 1 and arrays
+            is_result = 0 < len(arrays) == len(args_info) - 1  # the PrimFunc's last parameter
             offset = runtime.placed_offset(memory, arrays[0]) if is_result else \
                 -memory.ctypes.data % runtime.CACHE_LINE_BYTES
             array = np.ndarray(tuple(shape), dtype, memory, offset)

@@ -45,9 +45,8 @@ def array_at(values: np.ndarray, offset: int, boundary: int = LINE_BYTES) -> np.
 
 def placed_result(shape: tuple[int, ...], first_input: np.ndarray) -> np.ndarray:
     """A float32 result full of NaN, placed against `first_input` as tvmsep places its own results
-    (`runtime.placed_offset`), so that a timing is not a draw of where the two fall in a page."""
-    memory = np.empty(4 * int(np.prod(shape)) + runtime.PAGE_BYTES, np.uint8)
-    result = np.ndarray(shape, np.float32, memory, runtime.placed_offset(memory, first_input))
+    (`runtime.placed_empty`), so that a timing is not a draw of where the two fall in a page."""
+    result = runtime.placed_empty(shape, np.float32, first_input)
     result[...] = np.nan
     return result
 

@@ -26,7 +26,7 @@ when nothing refers to it any more, as in a network, where the next layer has re
 it and let it go.
 
 Such a result also starts at a chosen place in its 4 KiB page: two lines before the
-place of the kernel's input (`placed_offset`). A CPU checks each load against the
+place of the kernel's input (`_placed_memory`). A CPU checks each load against the
 stores still in flight by the low 12 bits of their addresses, the offset in a page,
 and a load that matches one waits for it although the addresses differ ("4K
 aliasing"). A depthwise kernel stores a tile of pixels at one channel vector, and the
@@ -58,7 +58,7 @@ import tvm_ffi
 from . import threads
 from .spec import Workload
 
-__all__ = ["Kernel", "Home", "to_array", "output_array", "placed_offset", "VECTOR_BYTES"]
+__all__ = ["Kernel", "Home", "to_array", "output_array", "placed_empty", "VECTOR_BYTES"]
 
 CPU, CUDA = 1, 2  # DLPack device types
 VECTOR_BYTES = 16  # the widest load the CUDA kernels issue (float4)
@@ -240,19 +240,26 @@ class _PlacedResults:
         if taken is not None and taken[2] == _UNREFERENCED:
             memory, offset, _ = taken
         else:
-            memory = np.empty(self._nbytes + PAGE_BYTES, np.uint8)
-            offset = placed_offset(memory, first_input)
+            memory, offset = _placed_memory(self._nbytes, first_input)
         if self._keeps and not self._kept:
             self._kept.append((memory, offset))
         return np.ndarray(self._shape, self._dtype, memory, offset)
 
 
-def placed_offset(memory: np.ndarray, first_input: np.ndarray) -> int:
-    """Where in `memory` (at least PAGE_BYTES longer than the result) a result of a kernel whose
-    first input is `first_input` starts: on a cache line, RESULT_BEFORE_INPUT_BYTES or up to a line
-    more before the input's offset in its page (module docstring)."""
+def placed_empty(shape: tuple[int, ...], dtype: Any, first_input: np.ndarray) -> np.ndarray:
+    """A new uninitialized array placed as a kernel whose first input is `first_input` places its
+    result (module docstring): for those who time kernels as tvmsep calls them."""
+    memory, offset = _placed_memory(math.prod(shape) * np.dtype(dtype).itemsize, first_input)
+    return np.ndarray(tuple(shape), dtype, memory, offset)
+
+
+def _placed_memory(nbytes: int, first_input: np.ndarray) -> tuple[np.ndarray, int]:
+    """(memory, offset) for a result of `nbytes`: the memory a page longer, the result at the offset
+    on a cache line, RESULT_BEFORE_INPUT_BYTES or up to a line more before `first_input`'s offset
+    in its page."""
+    memory = np.empty(nbytes + PAGE_BYTES, np.uint8)
     start = (_address(first_input) - RESULT_BEFORE_INPUT_BYTES) // CACHE_LINE_BYTES * CACHE_LINE_BYTES
-    return (start - _address(memory)) % PAGE_BYTES
+    return memory, (start - _address(memory)) % PAGE_BYTES
 
 
 def _address(a: np.ndarray) -> int:

@@ -117,7 +117,7 @@ def fill_on_host(session, device, args_info, alloc_repeat: int) -> list[list[tvm
 def place_on_host(device, args_info, alloc_repeat: int) -> list[list[tvm.runtime.Tensor]]:
     """Meta-schedule argument allocator for measuring on this machine's CPU: random inputs, each
     on a cache line, and the result placed against the first input as tvmsep's calls place their
-    results (`runtime.placed_offset`). TVM's allocator puts arrays made one after another a line
+    results (`runtime.placed_empty`). TVM's allocator puts arrays made one after another a line
     or two apart in their pages, where a depthwise kernel's stores hold up its loads (4K
     aliasing): every candidate would be timed in the case tvmsep's calls avoid, and the search
     would favour the schedules that suffer least from it. Another device keeps TVM's default."""
@@ -130,11 +130,11 @@ def place_on_host(device, args_info, alloc_repeat: int) -> list[list[tvm.runtime
         for kind, dtype, shape in args_info:
             if kind != "TENSOR":
                 raise NotImplementedError(f"argument {kind} {dtype} {shape}")
-            memory = np.empty(math.prod(shape) * np.dtype(dtype).itemsize + runtime.PAGE_BYTES, np.uint8)
-            is_result = 0 < len(arrays) == len(args_info) - 1  # the PrimFunc's last parameter
-            offset = runtime.placed_offset(memory, arrays[0]) if is_result else \
-                -memory.ctypes.data % runtime.CACHE_LINE_BYTES
-            array = np.ndarray(tuple(shape), dtype, memory, offset)
+            if 0 < len(arrays) == len(args_info) - 1:  # the result: the PrimFunc's last parameter
+                array = runtime.placed_empty(shape, dtype, arrays[0])
+            else:
+                memory = np.empty(math.prod(shape) * np.dtype(dtype).itemsize + runtime.CACHE_LINE_BYTES, np.uint8)
+                array = np.ndarray(tuple(shape), dtype, memory, -memory.ctypes.data % runtime.CACHE_LINE_BYTES)
             array[...] = rng.uniform(-1.0, 1.0, array.shape)
             arrays.append(array)
         repeated.append([tvm.runtime.from_dlpack(a) for a in arrays])  # each holds its array

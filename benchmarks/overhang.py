@@ -15,7 +15,7 @@ The layers are the lists' layers whose blocks overhang and widths of real networ
 the lists lack: Xception and Inception at 299x299 (74, 37 and 17 pixels wide),
 EfficientNet-B3 at 300x300 (38 and 19) and B2 at 260x260 (33), DeepLab at 513x513 (129),
 and a VALID layer on an input padded beforehand (27). Medians in microseconds; inputs on a page, the
-result half a page into one (as benchmarks/padding.py places them).
+result placed against the input as tvmsep places its own (tvmsep/runtime.py).
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ from tvmsep.networks import network
 from tvmsep.spec import Workload, depthwise_workload
 from tvmsep.target import host_target, resolve_target
 
-from alignment import array_at
+from alignment import array_at, placed_result
 from limits import median_ms_in_turns
-from padding import PAGE_BYTES, RESULT_PAGE_OFFSET
 
 KINDS = ("tested", "split")
 
@@ -77,9 +76,9 @@ def measure(named: list[tuple[str, Workload]], target, repeats: int = 200) -> li
     rng = np.random.default_rng(0)
     rows = []
     for name, wl in named:
-        inputs = [array_at(rng.standard_normal(shape, dtype=np.float32), 0, PAGE_BYTES)
+        inputs = [array_at(rng.standard_normal(shape, dtype=np.float32), 0, runtime.PAGE_BYTES)
                   for shape in (wl.input_shape, wl.filter_shape)]
-        out = array_at(np.full(wl.output_shape, np.nan, np.float32), RESULT_PAGE_OFFSET, PAGE_BYTES)
+        out = placed_result(wl.output_shape, inputs[0])
         calls = {kind: functools.partial(runtime.Kernel(wl, _compiled(wl, target, kind == "split")["main"], kind).run,
                                          inputs, out) for kind in KINDS}
         ms = median_ms_in_turns(calls, repeats)
@@ -102,7 +101,7 @@ def main() -> int:
              "- median us per call of the hand-written kernel: `tested` as TVM compiles it, every pixel block "
              "testing its bounds, `split` as tvmsep compiles it; the two take turns in blocks of 25 calls, in a "
              "random order each round, the first 5 of a block not counted; inputs on a page, the result "
-             f"{RESULT_PAGE_OFFSET} bytes into one", "",
+             "placed as tvmsep places its own", "",
              "| layer | shape | " + " | ".join(KINDS) + " | tested / split |", "|---|---|" + "---|" * (len(KINDS) + 1)]
     for name, wl, (tested, split) in rows:
         lines.append(f"| {name} | {wl.describe()} | {tested:.1f} | {split:.1f} | {tested / split:.2f}x |")

@@ -15,7 +15,8 @@ by side, with the hand-written schedule for the target:
   output and the same work with no test at all, the bound for `split`.
 
 The target must run on this machine (an AVX2 target runs on any AVX-512 x86-64 CPU). Medians
-in microseconds; inputs on a page, the result half a page into one (RESULT_PAGE_OFFSET).
+in microseconds; inputs on a page, the result placed against the input as tvmsep places its
+own (two lines before it in a page: tvmsep/runtime.py).
 """
 
 from __future__ import annotations
@@ -36,17 +37,10 @@ from tvmsep.interior import split_interior
 from tvmsep.networks import network
 from tvmsep.target import host_target, resolve_target
 
-from alignment import array_at
+from alignment import array_at, placed_result
 from limits import median_ms_in_turns
 
 KINDS = ("unsplit", "split", "pre-padded")
-PAGE_BYTES = 4096
-# Inputs start on a page, the result this far into one. MobileNet's rows are a multiple of
-# 4 KiB long, so a result at the input's offset in its page has each row's stores at the
-# page offsets of the input rows the next tiles load, which the CPU takes for a possible
-# overlap and waits on (4K aliasing): that slows both kernels, the split one more
-# (results/padding-haswell.md). Where numpy and callers place arrays varies, so it is kept out.
-RESULT_PAGE_OFFSET = 2048
 
 
 def _compiled(wl, target, split: bool):
@@ -65,13 +59,12 @@ def measure(layer_names: list[str], target, repeats: int = 200) -> list[tuple[st
         for kind, kernel_wl, split in (("unsplit", wl, False), ("split", wl, True),
                                        ("pre-padded", wl.pre_padded(), False)):
             kernel = runtime.Kernel(kernel_wl, _compiled(kernel_wl, target, split)["main"], kind)
-            # The two kernels of one workload read and write the same arrays, placed apart in their
-            # pages (RESULT_PAGE_OFFSET).
+            # The two kernels of one workload read and write the same arrays, the result placed
+            # against the input as tvmsep places its own (alignment.placed_result).
             if kernel_wl not in arrays:
-                arrays[kernel_wl] = ([array_at(rng.standard_normal(shape, dtype=np.float32), 0, PAGE_BYTES)
-                                      for shape in (kernel_wl.input_shape, kernel_wl.filter_shape)],
-                                     array_at(np.full(kernel_wl.output_shape, np.nan, np.float32),
-                                              RESULT_PAGE_OFFSET, PAGE_BYTES))
+                inputs = [array_at(rng.standard_normal(shape, dtype=np.float32), 0, runtime.PAGE_BYTES)
+                          for shape in (kernel_wl.input_shape, kernel_wl.filter_shape)]
+                arrays[kernel_wl] = (inputs, placed_result(kernel_wl.output_shape, inputs[0]))
             calls[kind] = functools.partial(kernel.run, *arrays[kernel_wl])
         ms = median_ms_in_turns(calls, repeats)
         rows.append((name, [ms[kind] * 1e3 for kind in KINDS]))
@@ -102,7 +95,7 @@ def main() -> int:
              "`split` has no padding tests in the interior (both have the bounds tests of a tile that overhangs "
              "split out), `pre-padded` is VALID on an input padded beforehand; the three take turns "
              "in blocks of 25 calls, in a random order each round, the first 5 of a block not counted; inputs "
-             f"on a page, the result {RESULT_PAGE_OFFSET} bytes into one", "",
+             "on a page, the result placed as tvmsep places its own", "",
              "| layer | " + " | ".join(KINDS) + " | unsplit / split | split / pre-padded |",
              "|---|" + "---|" * (len(KINDS) + 2)]
     for name, (unsplit, split, padded) in rows:

@@ -22,10 +22,10 @@ The peers are run as their users run them:
 - ONNX Runtime with io-binding, PyTorch in inference mode, TF eager.
 
 The layers run twice: every library in this one process, taking turns, and
-each library alone in a process of its own (`--alone`), as a user runs one.
-A ratio is the less favourable of the two. Beside each layer: what tvmsep's
-call achieves against this machine's peaks (limits.py), so it is clear how
-far each kernel is from the physical limit.
+each library alone in a process of its own, as a user runs one, the processes
+taking turns layer by layer. A ratio is the less favourable of the two. Beside
+each layer: what tvmsep's call achieves against this machine's peaks
+(limits.py), so it is clear how far each kernel is from the physical limit.
 
 Layers: the public list (MobileNetV1, MobileNetV2, batch 8, rate 2,
 multiplier 2), layers of other networks that were never tuned (`unseen`),
@@ -45,17 +45,21 @@ beside it (.png), and prints the table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import functools
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
-import tempfile
+import time
+import traceback
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,6 +90,10 @@ PEER_TOLERANCE = 1e-3  # of the output's scale: the peers sum in other orders, s
 # LiteRT place them; tvmsep_off_line is tvmsep's call on an input this far past one, where numpy
 # puts most large arrays (benchmarks/alignment.py times what that costs a kernel).
 OFF_LINE_BYTES = 16
+# A library's process is quiet once its threads ran for under a tenth of this; the next process
+# to measure waits for that up to QUIET_TIMEOUT_S (_LibraryProcess).
+QUIET_WINDOW_S = 0.002
+QUIET_TIMEOUT_S = 1.0
 TINY = Layer("tiny_8x8x8", 1, 8, 8, 1, 8)  # a kernel of well under a microsecond: the call is the cost
 GROUPS = {"v1": "MobileNetV1", "v2": "MobileNetV2", "extra": "batch 8 / rate 2 / multiplier 2",
           "unseen": "other networks, never tuned", "tiny": "8x8x8, per-call overhead"}
@@ -372,14 +380,128 @@ def _measure(layers: list[Layer], libraries, args) -> dict[str, dict[str, float]
     return rows
 
 
-def _alone(library: str, args) -> dict[str, dict[str, float]]:
-    """`_measure` with `library` alone, in a fresh process of its own."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "rows.json"
-        command = [sys.executable, __file__, "--alone", library, "--json", str(path), "--repeats",
-                   str(args.repeats), "--threads", str(args.threads), "--only", args.only]
-        subprocess.run(command + (["--epilogue"] if args.epilogue else []), check=True)
-        return json.loads(path.read_text())
+class _LibraryProcess:
+    """One library alone in a process of its own (this script with `--serve`), as a user runs it,
+    building and timing its columns on request: a JSON request per line on the process's stdin,
+    a JSON answer per line back (`_serve`). Each request returns once the process is quiet, its
+    thread pools asleep (TVM's spins for a tenth of a second), so that the next process to
+    measure has the cores to itself."""
+
+    def __init__(self, library: str, args) -> None:
+        self.library = library
+        command = [sys.executable, __file__, "--serve", library, "--threads", str(args.threads), "--only", args.only,
+                   "--repeats", str(args.repeats)]
+        self._process = subprocess.Popen(command + (["--epilogue"] if args.epilogue else []), text=True,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def __enter__(self) -> _LibraryProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Closing its stdin ends the process; one that does not end is killed."""
+        self._process.stdin.close()
+        try:
+            self._process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def prepare(self, layer: Layer, op: str) -> list[str]:
+        """Build the library's columns for `layer` (each checked against the reference); their names."""
+        return self._ask({"prepare": [layer.name, op]})
+
+    def measure(self) -> dict[str, float]:
+        """`_measure`'s row of the layer last prepared: median ms per column."""
+        return self._ask({"measure": None})
+
+    def _ask(self, request: dict) -> Any:
+        self._process.stdin.write(json.dumps(request) + "\n")
+        self._process.stdin.flush()
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.library}'s process ended (exit code {self._process.wait()}); "
+                               "its output is above")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"{self.library}'s process: {answer['error']}")
+        self._wait_until_quiet()
+        return answer["value"]
+
+    def _wait_until_quiet(self) -> None:
+        """Until the process's threads ran for under a tenth of a QUIET_WINDOW_S, or QUIET_TIMEOUT_S."""
+        deadline = time.perf_counter() + QUIET_TIMEOUT_S
+        last = self._cpu_ns()
+        while last is not None and time.perf_counter() < deadline:
+            time.sleep(QUIET_WINDOW_S)
+            now = self._cpu_ns()
+            if now is None or now - last < QUIET_WINDOW_S * 1e8:
+                return
+            last = now
+        if last is None:  # no /proc: a pause as long as the slowest pool's spin seen
+            time.sleep(QUIET_TIMEOUT_S / 5)
+
+    def _cpu_ns(self) -> int | None:
+        """Nanoseconds the process's threads have run (Linux's schedstat), None where unreadable."""
+        tasks = Path(f"/proc/{self._process.pid}/task")
+        try:
+            threads = list(tasks.iterdir())
+        except OSError:
+            return None
+        total = 0
+        for thread in threads:
+            with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that just ended
+                total += int((thread / "schedstat").read_text().split()[0])
+        return total
+
+
+def _serve(library: str, layers: list[Layer], args) -> int:
+    """The body of a `_LibraryProcess`: answer requests until stdin closes. The answers go out on
+    what was stdout; whatever the libraries print goes to stderr. Layers come in the order
+    `_measure` takes them, so this process draws the same inputs."""
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    _configure([library], args.threads)
+    rng = np.random.default_rng(0)
+    by_name = {layer.name: layer for layer in layers}
+    calls: dict[str, Any] = {}
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            if "prepare" in request:
+                name, op = request["prepare"]
+                calls = {}  # the last layer's, freed before the next one is built
+                _, calls = _implementations(by_name[name], op, args.threads, rng, [library], args.epilogue)
+                value: Any = list(calls)
+            else:
+                value = median_ms_in_turns(calls, args.repeats)
+        except Exception as e:
+            traceback.print_exc()
+            print(json.dumps({"error": f"{type(e).__name__}: {e}"}), file=answers, flush=True)
+            return 1
+        print(json.dumps({"value": value}), file=answers, flush=True)
+    return 0
+
+
+def _measure_alone(layers: list[Layer], libraries, args) -> dict[str, dict[str, float]]:
+    """`_measure` with each library alone in a process of its own. The processes take turns layer
+    by layer, in a random order each time, so that a slow minute of the machine hits the libraries
+    of a layer or two alike, not every layer of whichever library had the machine then; within its
+    turn a library's columns take turns as in `_measure`, its thread pools kept awake as a user's
+    loop keeps them (a pool woken from sleep can run the calls that follow slower for a while)."""
+    rows = {}
+    shuffle = random.Random(0).shuffle
+    with contextlib.ExitStack() as stack:
+        processes = [stack.enter_context(_LibraryProcess(library, args)) for library in libraries]
+        for op in ("depthwise", "separable"):
+            for layer in layers:
+                for process in processes:
+                    process.prepare(layer, op)
+                shuffle(processes)
+                rows[f"{layer.name} {op}"] = ms = {}
+                for process in processes:
+                    ms.update(process.measure())
+                print(f"[alone] {layer.name} {op}: " + ", ".join(f"{c} {t:.3f}" for c, t in ms.items()), flush=True)
+    return rows
 
 
 def _ratio(ms: dict[str, float], peers, ours: str = "tvmsep") -> float:
@@ -410,15 +532,13 @@ def main() -> int:
     parser.add_argument("--tf", action=argparse.BooleanOptionalAction, default=True,
                         help="include TensorFlow (eager) as a peer")
     parser.add_argument("--epilogue", action="store_true", help="every implementation computes relu6(conv + bias)")
-    parser.add_argument("--alone", choices=list(LIBRARIES), help=argparse.SUPPRESS)  # one library's process
-    parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)  # where that process writes its rows
+    parser.add_argument("--serve", choices=list(LIBRARIES), help=argparse.SUPPRESS)  # a _LibraryProcess
     args = parser.parse_args()
 
     layers = [layer for layer in network("public") + network("unseen") + [TINY]
               if not args.only or layer.name in args.only.split(",")]
-    if args.alone:
-        args.json.write_text(json.dumps(_measure(layers, [args.alone], args)))
-        return 0
+    if args.serve:
+        return _serve(args.serve, layers, args)
     libraries = [library for library in LIBRARIES if args.tf or library != "tf"]
     columns = [c for library in libraries for c in LIBRARIES[library]]
     peers = [p for p in PEERS if p in columns]
@@ -426,10 +546,7 @@ def main() -> int:
     # A peak is the most the machine did: measured before and after, as a neighbour
     # on a shared machine can take a core for the length of one measurement.
     peaks = [(copy_bandwidth_gbs(), fma_peak_gflops())]
-    alone: dict[str, dict[str, float]] = {}
-    for library in libraries:  # first, while this process has loaded no library's threads
-        for key, ms in _alone(library, args).items():
-            alone.setdefault(key, {}).update(ms)
+    alone = _measure_alone(layers, libraries, args)  # first, while this process has loaded no library's threads
     shared = _measure(layers, libraries, args)
     peaks.append((copy_bandwidth_gbs(), fma_peak_gflops()))
     bandwidth, gflops = max(b for b, _ in peaks), max(g for _, g in peaks)
@@ -490,9 +607,10 @@ def main() -> int:
               f"- versions: {', '.join(_versions(libraries))}",
               f"- tvmsep's schedules: {_schedules()}",
               f"- command: `python benchmarks/peers.py {' '.join(sys.argv[1:])}`",
-              "- median ms per call, `shared / alone`: first each library alone in a process of its own, "
-              "then all in one process; within a process the implementations take turns in blocks of 25 calls "
-              "(the first 5 not counted) in a random order each round. A ratio is the less favourable of the two "
+              "- median ms per call, `shared / alone`: first each library alone in a process of its own, the "
+              "processes taking turns layer by layer in a random order, then all in one process; within a "
+              "process the implementations take turns in blocks of 25 calls (the first 5 not counted) in a "
+              "random order each round. A ratio is the less favourable of the two "
               "runs. tvmsep is NHWC numpy in/out, called as a user writes it, `tvmsep_out` passes `out=` (on a "
               "line); `litert` is set_tensor, invoke "
               "and get_tensor, `litert_invoke` invoke alone; every library's inputs start on a cache line, "

@@ -14,6 +14,8 @@ Depthwise, NHWC (channels are contiguous, so they are the vector axis):
               acc[ji, :] += x[b, i*s + di*r, (jo*WB + ji)*s + dj*r, co*V:+V] * f[di, dj, co*V:+V]
           out[b, i, jo*WB:+WB, co*V:+V] = acc
 
+V is one vector register, or two where the input's pixels are a multiple of 2 KiB
+apart and so crowd a tile's loads into a few of the L1's sets (`_depthwise_vectors`).
 With a channel multiplier M, the vectors run over input channels, with the
 M outputs of each as a loop outside them (`_by_input_channel`).
 
@@ -114,6 +116,9 @@ __all__ = ["schedule", "design_spaces", "vector_lanes"]
 # Output pixels per register block in depthwise: WB accumulators plus an
 # input and a filter vector stay well inside 16 (AVX2) or 32 (AVX-512) registers.
 DEPTHWISE_PIXEL_BLOCK = 8
+# A depthwise tile whose input pixels fall in this few of the L1's sets or fewer is made two
+# vectors wide (`_depthwise_vectors`).
+CROWDED_SETS = 2
 # Most vector FMAs of a depthwise tile (taps x pixels) that are unrolled (`_depthwise`).
 MAX_UNROLLED_TAPS = 1024
 # Output rows per register block in NCHW depthwise (width is the vector axis).
@@ -387,7 +392,7 @@ def _depthwise(sch: s_tir.Schedule, wl: Workload, target: Target, parallel: bool
         sch.compute_at(store, row)
         sch.compute_at(block, row)
     if wl.layout == "NHWC":
-        rows, tile, block_loop, vec, di, dj = _depthwise_nhwc(sch, block, wl, lanes, row, row_blocks)
+        rows, tile, block_loop, vec, di, dj = _depthwise_nhwc(sch, block, wl, target, lanes, row, row_blocks)
     else:
         rows, tile, block_loop, vec, di, dj = _depthwise_nchw(sch, block, wl, lanes)
     if parallel:
@@ -404,8 +409,9 @@ def _depthwise(sch: s_tir.Schedule, wl: Workload, target: Target, parallel: bool
     _finish_tile(sch, block, store, tile, di)
 
 
-def _depthwise_nhwc(sch: s_tir.Schedule, block, wl: Workload, lanes: int, row, row_blocks: list[int] | None) -> tuple:
-    """The NHWC loop nest: a register tile of pixels x one channel vector, the padding
+def _depthwise_nhwc(sch: s_tir.Schedule, block, wl: Workload, target: Target, lanes: int, row,
+                    row_blocks: list[int] | None) -> tuple:
+    """The NHWC loop nest: a register tile of pixels x one channel vector (or two), the padding
     inlined as a zero test, rows (or blocks of rows) outermost. Returns (row loop, tile
     loop, unrolled pixels, vector, tap rows, tap columns)."""
     if has_block(sch, "pad"):
@@ -415,7 +421,8 @@ def _depthwise_nhwc(sch: s_tir.Schedule, block, wl: Workload, lanes: int, row, r
     if wl.multiplier > 1:
         c, q = sch.split(c, [None, wl.multiplier])
         _by_input_channel(sch, block, wl.multiplier)
-    co, vec = sch.split(c, [None, _vector_knob(sch, wl.in_channels, lanes)])
+    vectors = _depthwise_vectors(wl, target, lanes)
+    co, vec = sch.split(c, [None, _vector_knob(sch, wl.in_channels, lanes, registers=vectors)])
     per_tile = [co, q] if wl.multiplier > 1 else [co]
     if row_blocks:
         b, i = outer
@@ -426,6 +433,27 @@ def _depthwise_nhwc(sch: s_tir.Schedule, block, wl: Workload, lanes: int, row, r
         sch.reorder(jo, *per_tile, di, dj, ji, vec)
     rows = sch.fuse(*outer) if row is None else row
     return rows, co, ji, vec, di, dj
+
+
+def _depthwise_vectors(wl: Workload, target: Target, lanes: int) -> int:
+    """Vector registers per pixel of an NHWC depthwise tile: two where the input's pixels fall in
+    CROWDED_SETS of the L1's sets or fewer and the wider tile still fits the register file, else one.
+
+    A tile loads, at one channel vector, a line from each of the input pixels under its block,
+    while the lines of the next vector are prefetched. Pixels a multiple of 2 KiB apart (512
+    float32 channels and up) put all those lines in two sets of an x86 core's L1, whose set
+    repeats every 4 KiB: too few ways for the tile's lines and the prefetched ones, which the
+    measurements suggest evict one another before their tile comes. Two vectors per pixel make
+    each load two adjacent lines that the tile itself asks for, and halve the lines left to the
+    prefetcher. With four sets (1 KiB apart) two vectors gained little or lost; elsewhere they
+    measured the same as one, or slower for narrow layers, so one stays the rule there."""
+    way = BACKENDS["llvm"].l1_way_bytes(target)
+    sets = way // math.gcd(wl.in_channels * tvm.DataType(wl.dtype).bits // 8, way)
+    if sets > CROWDED_SETS or wl.in_channels % (2 * lanes):
+        return 1
+    accumulators = 2 * _block(wl.out_width, DEPTHWISE_PIXEL_BLOCK)
+    fits = accumulators + 4 <= BACKENDS["llvm"].vector_registers(target)  # and two inputs, two filters
+    return 2 if fits else 1
 
 
 def _depthwise_nchw(sch: s_tir.Schedule, block, wl: Workload, lanes: int) -> tuple:

@@ -30,6 +30,7 @@ def _cpu(cores: int) -> tvm.target.Target:
 
 
 STRUCTURE = _cpu(2)
+AVX2 = {"kind": "llvm", "mcpu": "haswell", "num-cores": 2}  # 16 vector registers of 256 bits
 
 
 def _spaces(wl):
@@ -78,7 +79,9 @@ ROW_BLOCKED = [(name, wl) for name, wl in matrix()
                if wl.op == "depthwise" and wl.layout == "NHWC" and len(_spaces(wl)) == 2] + [
     ("b2-12x6x2-s1-SAME-r2-bias-relu6-NHWC-float32",
      depthwise_workload((2, 12, 12, 6), "float32", (3, 3, 6, 2), "float32", [1, 1, 1, 1], "SAME", rate=[2, 2],
-                        bias=((12,), "float32"), activation="relu6"))]
+                        bias=((12,), "float32"), activation="relu6")),
+    ("b1-14x512x1-s1-SAME-NHWC-float32",  # two vectors per pixel on AVX-512 (`llvm._depthwise_vectors`)
+     depthwise_workload((1, 14, 14, 512), "float32", (3, 3, 512, 1), "float32", [1, 1, 1, 1], "SAME"))]
 
 
 def _check(sch, wl, rng):
@@ -184,6 +187,34 @@ def test_a_depthwise_runs_on_every_core_when_its_flops_or_its_bytes_are_many(sha
     assert ("T.parallel(" in build.hand_schedule(wl, STRUCTURE).mod.script()) == parallel
 
 
+def _depthwise_lanes(wl, target) -> set[int]:
+    """The widths of the vectorized loops of `wl`'s hand-written depthwise kernel for `target`."""
+    return {int(w) for w in re.findall(r"T\.vectorized\((\d+)\)", build.hand_schedule(wl, target).mod.script())}
+
+
+@pytest.mark.parametrize("channels, strides, dtype, lanes", [
+    (512, [1, 1, 1, 1], "float32", 32),  # pixels 2 KiB apart: two of the L1's sets
+    (512, [1, 2, 2, 1], "float32", 32),
+    (1024, [1, 1, 1, 1], "float32", 32),
+    (512, [1, 1, 1, 1], "float64", 16),  # 4 KiB apart, 8 lanes a vector
+    (256, [1, 1, 1, 1], "float32", 16),  # 1 KiB apart: four sets
+    (384, [1, 1, 1, 1], "float32", 16),
+    (576, [1, 2, 2, 1], "float32", 16),
+])
+def test_a_depthwise_whose_pixels_crowd_a_few_cache_sets_is_two_vectors_wide(channels, strides, dtype, lanes, rng):
+    """Input pixels a multiple of 2 KiB apart put the lines a tile loads at one channel vector in
+    two sets of an x86 L1, and their prefetched successors evict each other: such a tile is two
+    vectors wide where the register file holds it (AVX-512), one elsewhere (AVX2's 16 registers,
+    and aarch64, whose L1 sets repeat every 16 KiB). The wider tile computes TF's result."""
+    wl = depthwise_workload((1, 14, 14, channels), dtype, (3, 3, channels, 1), dtype, strides, "SAME")
+    assert _depthwise_lanes(wl, STRUCTURE) == {lanes}
+    assert _depthwise_lanes(wl, tvm.target.Target(AVX2)) == {256 // np.dtype(dtype).itemsize // 8}
+    neon = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1", "num-cores": 4})
+    assert _depthwise_lanes(wl, neon) == {128 // np.dtype(dtype).itemsize // 8}
+    if lanes == 32:
+        _check(build.hand_schedule(wl, TARGET), wl, rng)
+
+
 def test_pointwise_tails_are_padded_out_of_the_gemm_loop():
     """A width with no good row block (11) and channels that are not whole
     vector registers (72) pad the GEMM's domain: no bounds test in its inner
@@ -241,9 +272,6 @@ def test_padded_weights_are_copied_panel_by_panel():
         shape = [int(v) for v in panel.split("((", 1)[1].split(")", 1)[0].split(",")]
         assert shape[:3] == [1, 1, wl.mid_channels] and padded % shape[3] == 0 and shape[3] % lanes == 0, panel
         assert shape[3] < padded or shape[3] == llvm.GEMM_VECTORS * lanes, "one panel, not all the weights"
-
-
-AVX2 = {"kind": "llvm", "mcpu": "haswell", "num-cores": 2}  # 16 vector registers of 256 bits
 
 
 @pytest.mark.parametrize("preset", ["mobilenet_v1", "mobilenet_v2"])

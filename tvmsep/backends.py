@@ -115,6 +115,12 @@ class CPUArchitecture:
         """Whether the FMA on vectors of that width takes a mask."""
         raise NotImplementedError
 
+    def l1_way_bytes(self) -> int:
+        """The bytes after which the L1 data cache's set index repeats (its size over its ways),
+        the larger where the architecture's cores differ: addresses a multiple of it apart
+        compete for one set."""
+        raise NotImplementedError
+
     def float16_arithmetic(self, llvm_features: set[str]) -> bool:
         """Whether kernels compute in float16 vectors rather than convert to float32 (a target
         with `llvm_features` has such vectors, and tvmsep's emulated tests run their code)."""
@@ -152,6 +158,9 @@ class X86_64(CPUArchitecture):
     def masked_fma(self, vector_bits: int) -> bool:
         return vector_bits == 512
 
+    def l1_way_bytes(self) -> int:
+        return 4096  # 32 KiB in 8 ways or 48 KiB in 12, on Intel's and AMD's cores alike
+
     def float16_arithmetic(self, llvm_features: set[str]) -> bool:
         # AVX512-FP16 (Sapphire Rapids and later) has float16 FMAs, but no emulator tvmsep's
         # tests use runs them, so x86-64 kernels convert to float32 and sum there.
@@ -188,6 +197,9 @@ class AArch64(CPUArchitecture):
 
     def masked_fma(self, vector_bits: int) -> bool:
         return False  # NEON's; SVE's takes a predicate, but tvmsep's code is NEON
+
+    def l1_way_bytes(self) -> int:
+        return 16384  # 64 KiB in 4 ways (Cortex-A76, Neoverse N1), 32 KiB in 2 (Cortex-A72)
 
     def float16_arithmetic(self, llvm_features: set[str]) -> bool:
         return "fullfp16" in llvm_features  # Armv8.2's FP16: Cortex-A55, A76 (Pi 5), Neoverse N1
@@ -294,6 +306,10 @@ class CPU(Backend):
     def vector_registers(self, target: Any) -> int:
         """How many of those registers there are: 16 on x86-64 below AVX-512, else 32."""
         return self.architecture(target).vector_registers(self.vector_bits(target))
+
+    def l1_way_bytes(self, target: Any) -> int:
+        """`CPUArchitecture.l1_way_bytes` of the target's architecture."""
+        return self.architecture(target).l1_way_bytes()
 
     def arithmetic(self, target: Any) -> Any:
         """Masked FMAs with AVX-512 only; float16 sums in float16 where the target has float16

@@ -4,14 +4,23 @@ The FLOP/s peak is a TVM kernel that does nothing but independent vector FMAs
 on registers (one broadcast load per CHAINS FMAs), one task per core. BLAS
 libraries are no measure of it here: OpenBLAS and MKL both take AVX2 paths on
 this AMD CPU and reach about half of it; their GEMM speed is reported beside it.
+
+A virtual machine's cores are not always whole: for seconds at a time its two
+cores can compute at one core's rate together (the host runs them on one
+physical core, as SMT siblings or taking turns), and a kernel on both then
+takes its one-core time. `WholeCores` tells such a stretch by the same FMA
+kernel, run briefly, so that a benchmark can measure outside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import tvm
@@ -24,11 +33,21 @@ from tvmsep.target import host_target
 from tvmsep.threads import usable_cores
 
 __all__ = ["median_seconds", "median_ms_in_turns", "copy_bandwidth_gbs", "fma_peak_gflops", "blas_gflops", "copy_ms",
-           "compulsory_bytes"]
+           "compulsory_bytes", "wait_until_quiet", "WholeCores"]
 
 # Independent accumulators per core: FMA latency (4 cycles) x 2 pipes, plus slack.
 CHAINS = 12
 STEPS = 1 << 15
+# A process is quiet once its threads ran for under a tenth of QUIET_WINDOW_S in one such
+# window; `wait_until_quiet` waits for that up to QUIET_TIMEOUT_S.
+QUIET_WINDOW_S = 0.002
+QUIET_TIMEOUT_S = 1.0
+# The cores are whole while the FMA kernel on all of them reaches this share of its best rate
+# (`WholeCores`); a stretch on one core's time gives half of it.
+WHOLE_SHARE = 0.75
+# How long `WholeCores.wait` waits for whole cores at most, checking this often.
+WHOLE_WAIT_S = 30.0
+WHOLE_RECHECK_S = 0.05
 
 
 def median_seconds(fn, repeats: int = 15) -> float:
@@ -72,35 +91,102 @@ def copy_bandwidth_gbs() -> float:
 
 
 def fma_peak_gflops() -> float:
-    """out[p, c, :] = sum_r x[p, c, :] * w[r]: CHAINS vector FMA chains per core."""
-    target = host_target()
-    cores, lanes = usable_cores(), vector_lanes(target, "float32")
-    x = te.placeholder((cores, CHAINS, lanes), "float32", name="x")
-    w = te.placeholder((STEPS,), "float32", name="w")
-    r = te.reduce_axis((0, STEPS), name="r")
-    out = te.compute(x.shape, lambda p, c, v: te.sum(x[p, c, v] * w[r], axis=r), name="out")
-    sch = s_tir.Schedule(te.create_prim_func([x, w, out]))
-    block = sch.get_sblock("out")
-    p, c, v, step = sch.get_loops(block)
-    sch.reorder(p, step, c, v)
-    sch.parallel(p)
-    sch.unroll(c)
-    sch.vectorize(v)
-    store = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(store, p)
-    init = sch.decompose_reduction(block, step)
-    for b in (init, store):
-        *_, chain, lane = sch.get_loops(b)
-        sch.unroll(chain)
-        sch.vectorize(lane)
-    kernel = compile_scheduled(sch.mod, target)
-    dev = tvm.cpu()
-    args = [tvm.runtime.tensor(np.random.rand(*shape).astype("float32"), dev)
-            for shape in ((cores, CHAINS, lanes), (STEPS,), (cores, CHAINS, lanes))]
-    # The fastest repeat: a peak is what the cores can do, and on a shared
-    # machine a repeat that lost a core to a neighbour runs at half speed.
-    seconds = min(kernel.mod.time_evaluator("main", dev, number=20, repeat=15)(*args).results)
-    return 2 * cores * CHAINS * lanes * STEPS / seconds / 1e9
+    """The FMA kernel's GFLOP/s on every core: its fastest repeat, as a peak is what the cores can
+    do, and on a shared machine a repeat that lost a core to a neighbour runs at half speed."""
+    return max(_FmaKernel().gflops(number=20, repeat=15))
+
+
+class _FmaKernel:
+    """out[p, c, :] = sum_r x[p, c, :] * w[r]: CHAINS vector FMA chains per core, one task per core."""
+
+    def __init__(self) -> None:
+        target = host_target()
+        cores, lanes = usable_cores(), vector_lanes(target, "float32")
+        x = te.placeholder((cores, CHAINS, lanes), "float32", name="x")
+        w = te.placeholder((STEPS,), "float32", name="w")
+        r = te.reduce_axis((0, STEPS), name="r")
+        out = te.compute(x.shape, lambda p, c, v: te.sum(x[p, c, v] * w[r], axis=r), name="out")
+        sch = s_tir.Schedule(te.create_prim_func([x, w, out]))
+        block = sch.get_sblock("out")
+        p, c, v, step = sch.get_loops(block)
+        sch.reorder(p, step, c, v)
+        sch.parallel(p)
+        sch.unroll(c)
+        sch.vectorize(v)
+        store = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(store, p)
+        init = sch.decompose_reduction(block, step)
+        for b in (init, store):
+            *_, chain, lane = sch.get_loops(b)
+            sch.unroll(chain)
+            sch.vectorize(lane)
+        self._module = compile_scheduled(sch.mod, target).mod
+        self._device = tvm.cpu()
+        self._args = [tvm.runtime.tensor(np.random.rand(*shape).astype("float32"), self._device)
+                      for shape in ((cores, CHAINS, lanes), (STEPS,), (cores, CHAINS, lanes))]
+        self._flops = 2 * cores * CHAINS * lanes * STEPS
+
+    def gflops(self, number: int, repeat: int) -> list[float]:
+        """GFLOP/s of each of `repeat` timings of `number` runs."""
+        timer = self._module.time_evaluator("main", self._device, number=number, repeat=repeat)
+        return [self._flops / seconds / 1e9 for seconds in timer(*self._args).results]
+
+
+class WholeCores:
+    """Whether this machine's cores compute in parallel now (module docstring): the FMA kernel on
+    every core, run for a few milliseconds, reaches WHOLE_SHARE of the best rate it has reached.
+    A check runs once this process is quiet (`wait_until_quiet`: no thread pool of its own spinning
+    beside it) and leaves it quiet, TVM's workers asleep again."""
+
+    def __init__(self) -> None:
+        self._kernel = _FmaKernel()
+        self._best = 0.0
+        for _ in range(5):
+            self.whole()
+
+    def whole(self) -> bool:
+        wait_until_quiet(os.getpid())
+        rate = statistics.median(self._kernel.gflops(number=5, repeat=3))
+        self._best = max(self._best, rate)
+        wait_until_quiet(os.getpid())
+        return rate >= WHOLE_SHARE * self._best
+
+    def wait(self) -> bool:
+        """Until the cores are whole, or WHOLE_WAIT_S; whether they are."""
+        deadline = time.perf_counter() + WHOLE_WAIT_S
+        while not self.whole():
+            if time.perf_counter() > deadline:
+                return False
+            time.sleep(WHOLE_RECHECK_S)
+        return True
+
+
+def wait_until_quiet(pid: int) -> None:
+    """Until process `pid`'s threads ran for under a tenth of a QUIET_WINDOW_S, or QUIET_TIMEOUT_S:
+    a library's thread pool spins for a while after a call (TVM's for a tenth of a second)."""
+    deadline = time.perf_counter() + QUIET_TIMEOUT_S
+    last = _cpu_ns(pid)
+    while last is not None and time.perf_counter() < deadline:
+        time.sleep(QUIET_WINDOW_S)
+        now = _cpu_ns(pid)
+        if now is None or now - last < QUIET_WINDOW_S * 1e8:
+            return
+        last = now
+    if last is None:  # no /proc: a pause as long as the slowest pool's spin seen
+        time.sleep(QUIET_TIMEOUT_S / 5)
+
+
+def _cpu_ns(pid: int) -> int | None:
+    """Nanoseconds process `pid`'s threads have run (Linux's schedstat), None where unreadable."""
+    try:
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    total = 0
+    for thread in threads:
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that just ended
+            total += int((thread / "schedstat").read_text().split()[0])
+    return total
 
 
 def blas_gflops() -> dict[str, float]:

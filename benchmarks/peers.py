@@ -23,7 +23,9 @@ The peers are run as their users run them:
 
 The layers run twice: every library in this one process, taking turns, and
 each library alone in a process of its own, as a user runs one, the processes
-taking turns layer by layer. A ratio is the less favourable of the two. Beside
+taking turns layer by layer. A ratio is the less favourable of the two. Each
+turn of a library's own process is measured while the cores compute in
+parallel (limits.WholeCores), and again when they stopped during it. Beside
 each layer: what tvmsep's call achieves against this machine's peaks
 (limits.py), so it is clear how far each kernel is from the physical limit.
 
@@ -72,7 +74,8 @@ from tvmsep.target import host_target
 from tvmsep.verdicts import log_folders, read_verdicts, target_folder_name
 
 from alignment import array_at
-from limits import compulsory_bytes, copy_bandwidth_gbs, fma_peak_gflops, median_ms_in_turns
+from limits import (WholeCores, compulsory_bytes, copy_bandwidth_gbs, fma_peak_gflops, median_ms_in_turns,
+                    wait_until_quiet)
 
 # Each library and the columns it times. A library's columns share its process when it runs alone.
 LIBRARIES = {"tvmsep": ("tvmsep", "tvmsep_out", "tvmsep_hand", "tvmsep_off_line"),
@@ -90,10 +93,9 @@ PEER_TOLERANCE = 1e-3  # of the output's scale: the peers sum in other orders, s
 # LiteRT place them; tvmsep_off_line is tvmsep's call on an input this far past one, where numpy
 # puts most large arrays (benchmarks/alignment.py times what that costs a kernel).
 OFF_LINE_BYTES = 16
-# A library's process is quiet once its threads ran for under a tenth of this; the next process
-# to measure waits for that up to QUIET_TIMEOUT_S (_LibraryProcess).
-QUIET_WINDOW_S = 0.002
-QUIET_TIMEOUT_S = 1.0
+# A measurement made while the cores were not whole (limits.WholeCores) is made again, this many
+# times at most (`_on_whole_cores`).
+ATTEMPTS = 4
 TINY = Layer("tiny_8x8x8", 1, 8, 8, 1, 8)  # a kernel of well under a microsecond: the call is the cost
 GROUPS = {"v1": "MobileNetV1", "v2": "MobileNetV2", "extra": "batch 8 / rate 2 / multiplier 2",
           "unseen": "other networks, never tuned", "tiny": "8x8x8, per-call overhead"}
@@ -367,7 +369,8 @@ def _configure(libraries, threads: int) -> None:
 
 
 def _measure(layers: list[Layer], libraries, args) -> dict[str, dict[str, float]]:
-    """Median ms per column of `libraries`, all in this process, per "layer op"."""
+    """Median ms per column of `libraries`, all in this process, per "layer op". A check of the
+    cores (`_on_whole_cores`) would be no measure here: the libraries' own threads spin beside it."""
     _configure(libraries, args.threads)
     rng = np.random.default_rng(0)
     rows = {}
@@ -378,6 +381,19 @@ def _measure(layers: list[Layer], libraries, args) -> dict[str, dict[str, float]
             print(f"[{'+'.join(libraries)}] {layer.name} {op}: " + ", ".join(f"{c} {t:.3f}" for c, t in ms.items()),
                   flush=True)
     return rows
+
+
+def _on_whole_cores(cores: WholeCores, measure, what: str, redone: list[str]) -> dict[str, float]:
+    """`measure()` once the cores are whole, made again (up to ATTEMPTS times in all) while they
+    were not whole right after it: a stretch on one core's time would have slowed whatever was
+    measured then to its one-core speed. Each measurement made again is named in `redone`."""
+    for _ in range(ATTEMPTS):
+        cores.wait()
+        ms = measure()
+        if cores.whole():
+            break
+        redone.append(what)
+    return ms
 
 
 class _LibraryProcess:
@@ -424,34 +440,8 @@ class _LibraryProcess:
         answer = json.loads(line)
         if "error" in answer:
             raise RuntimeError(f"{self.library}'s process: {answer['error']}")
-        self._wait_until_quiet()
+        wait_until_quiet(self._process.pid)
         return answer["value"]
-
-    def _wait_until_quiet(self) -> None:
-        """Until the process's threads ran for under a tenth of a QUIET_WINDOW_S, or QUIET_TIMEOUT_S."""
-        deadline = time.perf_counter() + QUIET_TIMEOUT_S
-        last = self._cpu_ns()
-        while last is not None and time.perf_counter() < deadline:
-            time.sleep(QUIET_WINDOW_S)
-            now = self._cpu_ns()
-            if now is None or now - last < QUIET_WINDOW_S * 1e8:
-                return
-            last = now
-        if last is None:  # no /proc: a pause as long as the slowest pool's spin seen
-            time.sleep(QUIET_TIMEOUT_S / 5)
-
-    def _cpu_ns(self) -> int | None:
-        """Nanoseconds the process's threads have run (Linux's schedstat), None where unreadable."""
-        tasks = Path(f"/proc/{self._process.pid}/task")
-        try:
-            threads = list(tasks.iterdir())
-        except OSError:
-            return None
-        total = 0
-        for thread in threads:
-            with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that just ended
-                total += int((thread / "schedstat").read_text().split()[0])
-        return total
 
 
 def _serve(library: str, layers: list[Layer], args) -> int:
@@ -482,12 +472,14 @@ def _serve(library: str, layers: list[Layer], args) -> int:
     return 0
 
 
-def _measure_alone(layers: list[Layer], libraries, args) -> dict[str, dict[str, float]]:
+def _measure_alone(layers: list[Layer], libraries, args, cores: WholeCores,
+                   redone: list[str]) -> dict[str, dict[str, float]]:
     """`_measure` with each library alone in a process of its own. The processes take turns layer
     by layer, in a random order each time, so that a slow minute of the machine hits the libraries
     of a layer or two alike, not every layer of whichever library had the machine then; within its
     turn a library's columns take turns as in `_measure`, its thread pools kept awake as a user's
-    loop keeps them (a pool woken from sleep can run the calls that follow slower for a while)."""
+    loop keeps them (a pool woken from sleep can run the calls that follow slower for a while). Each
+    turn is made on whole cores (`_on_whole_cores`), checked by this process while the others wait."""
     rows = {}
     shuffle = random.Random(0).shuffle
     with contextlib.ExitStack() as stack:
@@ -499,7 +491,8 @@ def _measure_alone(layers: list[Layer], libraries, args) -> dict[str, dict[str, 
                 shuffle(processes)
                 rows[f"{layer.name} {op}"] = ms = {}
                 for process in processes:
-                    ms.update(process.measure())
+                    ms.update(_on_whole_cores(cores, process.measure, f"{process.library} {layer.name} {op}",
+                                              redone))
                 print(f"[alone] {layer.name} {op}: " + ", ".join(f"{c} {t:.3f}" for c, t in ms.items()), flush=True)
     return rows
 
@@ -546,7 +539,9 @@ def main() -> int:
     # A peak is the most the machine did: measured before and after, as a neighbour
     # on a shared machine can take a core for the length of one measurement.
     peaks = [(copy_bandwidth_gbs(), fma_peak_gflops())]
-    alone = _measure_alone(layers, libraries, args)  # first, while this process has loaded no library's threads
+    _configure(["tvmsep"], args.threads)  # the checks of the cores start TVM's pool here
+    cores, redone = WholeCores(), []
+    alone = _measure_alone(layers, libraries, args, cores, redone)  # first, while this process has loaded no library
     shared = _measure(layers, libraries, args)
     peaks.append((copy_bandwidth_gbs(), fma_peak_gflops()))
     bandwidth, gflops = max(b for b, _ in peaks), max(g for _, g in peaks)
@@ -610,7 +605,11 @@ def main() -> int:
               "- median ms per call, `shared / alone`: first each library alone in a process of its own, the "
               "processes taking turns layer by layer in a random order, then all in one process; within a "
               "process the implementations take turns in blocks of 25 calls (the first 5 not counted) in a "
-              "random order each round. A ratio is the less favourable of the two "
+              "random order each round. Each library's turn in its own process starts once the cores compute in "
+              "parallel (`limits.WholeCores`: this virtual machine's cores at times run at one core's rate "
+              "together) and is made again when they did not right after it "
+              f"({len(redone)} of {2 * len(layers) * len(libraries)} turns made again"
+              f"{': ' + ', '.join(redone) if redone else ''}). A ratio is the less favourable of the two "
               "runs. tvmsep is NHWC numpy in/out, called as a user writes it, `tvmsep_out` passes `out=` (on a "
               "line); `litert` is set_tensor, invoke "
               "and get_tensor, `litert_invoke` invoke alone; every library's inputs start on a cache line, "

@@ -43,8 +43,8 @@ reading the weights in place ([C*M, O]: one row of NR per step), unless their
 rows are a multiple of 512 bytes (or a page or more) apart: then a panel's lines
 crowd into a few cache sets and leave the prefetchers behind, so each panel is
 first copied into a contiguous [C*M, NR] buffer under the panel loop, which its
-tiles then read (`_packs_panels`). For other strides the copy only costs. How much
-the copy saves depends on the CPU's caches and prefetchers, so where it is made, the
+tiles then read (`_packs_panels`). For other strides the copy only costs. Whether
+the copy saves depends on how fast the core retires the tile's FMAs, so where it is made, the
 same schedule reading the weights in place is a tuning space too (`design_spaces`). For NCHW
 the roles flip: pixels are the vector axis and output channels are broadcast
 from the weights.
@@ -242,7 +242,7 @@ def design_spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_t
     row-blocked structure (module docstring), likewise. Where the hand-written
     GEMM copies its weight panels by their stride (`_packs_panels`), the same
     schedule reading them in place is a space too: which is faster depends on
-    the CPU's caches and prefetchers, and the rule was measured on one CPU."""
+    how fast the core retires the tile's FMAs, which no target names."""
     spaces = [sch]
     if wl.op == "separable" and wl.layout == "NHWC":
         fused = sch.copy()
@@ -335,11 +335,17 @@ def _packs_panels(wl: Workload, chunk_rows: int) -> bool:
     the GEMM's reduction. When the row is a multiple of `ALIASING_STRIDE` bytes, the
     panel's lines fall into at most an eighth of the L1's sets (an L1 indexed by
     the address bits under the 4 KiB page has 64 sets, so a stride of 8 lines visits
-    8 of them), and a multiple of 4 KiB confines it to a 64th of the L2's sets as well;
-    a row of 4 KiB or more also leaves a page on every step, where the hardware
-    prefetchers stop. The panel is then read back from farther out for every tile.
-    The copy is read once and stays in L1/L2 for all of the panel's tiles. For other
-    strides it only adds the copy; not for one-row chunks either (a copy per tile).
+    8 of them), and a row of 4 KiB or more leaves a page on every step, where the
+    hardware prefetchers stop: each step's weights come from L2 when the tile asks
+    for them. Whether the tile's FMAs of one step cover that wait depends on the core.
+    One that retires two full-width vector FMAs a cycle runs out of FMAs first, and
+    there the copy, read into L1/L2 once for all of the panel's tiles as a stream the
+    prefetchers follow, is faster. One that splits each 512-bit FMA into two halves
+    (Zen 4) takes twice as long per step and reads in place faster (with tiles of half
+    the rows, the copy is faster there too). No target names how many FMAs its cores
+    retire a cycle, so the rule is made for full-rate cores, and the in-place schedule
+    is a tuning space (`design_spaces`). For other strides the copy only costs; not
+    for one-row chunks either (a copy per tile).
     (A GEMM with padded channels copies its zero-padded weights panel by panel in any case.)
     """
     if chunk_rows == 1:

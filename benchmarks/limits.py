@@ -48,6 +48,9 @@ WHOLE_SHARE = 0.75
 # How long `WholeCores.wait` waits for whole cores at most, checking this often.
 WHOLE_WAIT_S = 30.0
 WHOLE_RECHECK_S = 0.05
+# Runs of the FMA kernel (about 0.1 ms each) before a check measures: right after its cores
+# idled, this machine runs the first milliseconds of work at half speed, which is no stretch.
+WHOLE_WARMUP_RUNS = 200
 
 
 def median_seconds(fn, repeats: int = 15) -> float:
@@ -136,7 +139,7 @@ class WholeCores:
     """Whether this machine's cores compute in parallel now (module docstring): the FMA kernel on
     every core, run for a few milliseconds, reaches WHOLE_SHARE of the best rate it has reached.
     A check runs once this process is quiet (`wait_until_quiet`: no thread pool of its own spinning
-    beside it) and leaves it quiet, TVM's workers asleep again."""
+    beside it), measures after WHOLE_WARMUP_RUNS, and leaves it quiet, TVM's workers asleep again."""
 
     def __init__(self) -> None:
         self._kernel = _FmaKernel()
@@ -146,6 +149,7 @@ class WholeCores:
 
     def whole(self) -> bool:
         wait_until_quiet(os.getpid())
+        self._kernel.gflops(number=WHOLE_WARMUP_RUNS, repeat=1)
         rate = statistics.median(self._kernel.gflops(number=5, repeat=3))
         self._best = max(self._best, rate)
         wait_until_quiet(os.getpid())

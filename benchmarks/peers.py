@@ -47,6 +47,7 @@ beside it (.png), and prints the table.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -386,7 +387,7 @@ def _measure(layers: list[Layer], libraries, args) -> dict[str, dict[str, float]
 def _on_whole_cores(cores: WholeCores, measure, what: str, redone: list[str]) -> dict[str, float]:
     """`measure()` once the cores are whole, made again (up to ATTEMPTS times in all) while they
     were not whole right after it: a stretch on one core's time would have slowed whatever was
-    measured then to its one-core speed. Each measurement made again is named in `redone`."""
+    measured then to its one-core speed. `what` is added to `redone` for each measurement made again."""
     for _ in range(ATTEMPTS):
         cores.wait()
         ms = measure()
@@ -491,8 +492,7 @@ def _measure_alone(layers: list[Layer], libraries, args, cores: WholeCores,
                 shuffle(processes)
                 rows[f"{layer.name} {op}"] = ms = {}
                 for process in processes:
-                    ms.update(_on_whole_cores(cores, process.measure, f"{process.library} {layer.name} {op}",
-                                              redone))
+                    ms.update(_on_whole_cores(cores, process.measure, process.library, redone))
                 print(f"[alone] {layer.name} {op}: " + ", ".join(f"{c} {t:.3f}" for c, t in ms.items()), flush=True)
     return rows
 
@@ -609,7 +609,8 @@ def main() -> int:
               "parallel (`limits.WholeCores`: this virtual machine's cores at times run at one core's rate "
               "together) and is made again when they did not right after it "
               f"({len(redone)} of {2 * len(layers) * len(libraries)} turns made again"
-              f"{': ' + ', '.join(redone) if redone else ''}). A ratio is the less favourable of the two "
+              f"{': ' + ', '.join(f'{n} {c}' for n, c in collections.Counter(redone).items()) if redone else ''}). "
+              "A ratio is the less favourable of the two "
               "runs. tvmsep is NHWC numpy in/out, called as a user writes it, `tvmsep_out` passes `out=` (on a "
               "line); `litert` is set_tensor, invoke "
               "and get_tensor, `litert_invoke` invoke alone; every library's inputs start on a cache line, "

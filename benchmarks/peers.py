@@ -479,8 +479,9 @@ def _measure_alone(layers: list[Layer], libraries, args, cores: WholeCores,
     by layer, in a random order each time, so that a slow minute of the machine hits the libraries
     of a layer or two alike, not every layer of whichever library had the machine then; within its
     turn a library's columns take turns as in `_measure`, its thread pools kept awake as a user's
-    loop keeps them (a pool woken from sleep can run the calls that follow slower for a while). Each
-    turn is made on whole cores (`_on_whole_cores`), checked by this process while the others wait."""
+    loop keeps them (after its cores idled, this machine runs the next milliseconds at half speed,
+    whichever library runs then). Each turn is made on whole cores (`_on_whole_cores`), checked by
+    this process while the others wait."""
     rows = {}
     shuffle = random.Random(0).shuffle
     with contextlib.ExitStack() as stack:

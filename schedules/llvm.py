@@ -423,7 +423,7 @@ def _depthwise_nhwc(sch: s_tir.Schedule, block, wl: Workload, target: Target, la
     if has_block(sch, "pad"):
         sch.compute_inline(sch.get_sblock("pad"))
     *outer, j, c, di, dj = sch.get_loops(block)
-    jo, ji = sch.split(j, [None, _block_knob(sch, wl.out_width, DEPTHWISE_PIXEL_BLOCK, [4, 6, 8, 12, 16])])
+    jo, ji = sch.split(j, [None, _knob(sch, _depthwise_pixel_block(wl), [4, 6, 8, 12, 16], wl.out_width)])
     if wl.multiplier > 1:
         c, q = sch.split(c, [None, wl.multiplier])
         _by_input_channel(sch, block, wl.multiplier)
@@ -457,9 +457,14 @@ def _depthwise_vectors(wl: Workload, target: Target, lanes: int) -> int:
     sets = way // math.gcd(wl.in_channels * tvm.DataType(wl.dtype).bits // 8, way)
     if sets > CROWDED_SETS or wl.in_channels % (2 * lanes):
         return 1
-    accumulators = 2 * _block(wl.out_width, DEPTHWISE_PIXEL_BLOCK)
+    accumulators = 2 * _depthwise_pixel_block(wl)
     fits = accumulators + 4 <= BACKENDS["llvm"].vector_registers(target)  # and two inputs, two filters
     return 2 if fits else 1
+
+
+def _depthwise_pixel_block(wl: Workload) -> int:
+    """Output pixels per NHWC depthwise register block by default (the tile's knob's decision)."""
+    return _block(wl.out_width, DEPTHWISE_PIXEL_BLOCK)
 
 
 def _depthwise_nchw(sch: s_tir.Schedule, block, wl: Workload, lanes: int) -> tuple:

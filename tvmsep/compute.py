@@ -22,10 +22,11 @@ Output channel `k*M + q` reads input channel `k` and filter `[:, :, k, q]`.
 
 float16 sums in float32 and rounds once per stage, except the depthwise stage on
 a CPU with float16 vector arithmetic (`Arithmetic.native_float16`), which sums in
-float16, at twice the lanes. TF's CPU kernel sums a depthwise in float16 on every
-CPU, rounding after every tap in the filter's row-major order; its GPU kernel and
+float16, at twice the lanes. TF's CPU kernel (Eigen's) sums a depthwise in float16,
+rounding after every tap in the filter's row-major order, except where oneDNN's kernel
+takes float16 (x86-64 with AVX512-FP16), which sums in float32; its GPU kernel and
 its 1x1 convolution sum in float32. Elsewhere, then, tvmsep's depthwise is more
-accurate than TF's CPU kernel, and differs from it in the last place in many
+accurate than TF's per-tap sums, and differs from them in the last place in many
 results. The epilogue works on the stage's accumulator and rounds once, so bias
 and activation add no rounding of their own.
 """

@@ -49,7 +49,7 @@ def depthwise_reference(x: np.ndarray, f: np.ndarray, wl: Workload, bias: np.nda
     over the taps on the input only (TF's rule: a tap over the padding adds nothing, even an
     Inf or NaN one), then, for a depthwise workload, its epilogue (`bias`, activation).
     `rounded_taps`: the sum is rounded to `wl.dtype` after every tap, in the filter's row-major
-    order, each step taken in float32: TF's CPU kernel sums float16 so."""
+    order, each step taken in float32: TF's Eigen CPU kernel sums float16 so."""
     x = np.asarray(x, np.float64)
     f = np.asarray(f, np.float64)
     x = x.transpose(wl.axes.split(range(4)))  # to NHWC

@@ -395,8 +395,11 @@ def _depthwise(sch: s_tir.Schedule, wl: Workload, target: Target, parallel: bool
     lanes = _sum_lanes(sch, "depthwise", target)
     block, store = accumulator(sch, "depthwise")
     if row is not None:
-        sch.compute_at(store, row)
-        sch.compute_at(block, row)
+        # The nest below names the loops by their place; a loop of one iteration (a 1xK filter's
+        # tap rows) would be dropped here and shift every name after it, so those are kept.
+        units = 1 in (wl.out_width, wl.mid_channels, wl.kernel_h, wl.kernel_w)
+        sch.compute_at(store, row, preserve_unit_loops=units)
+        sch.compute_at(block, row, preserve_unit_loops=units)
     if wl.layout == "NHWC":
         rows, tile, block_loop, vec, di, dj = _depthwise_nhwc(sch, block, wl, target, lanes, row, row_blocks)
     else:

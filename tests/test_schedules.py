@@ -74,6 +74,17 @@ SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.
                         [1, 1, 1, 1], "VALID")),
     ("b1-12x40x1-s1-SAME-o24-NHWC-float32",
      separable_workload((1, 12, 12, 40), "float32", (3, 3, 40, 1), "float32", (1, 1, 40, 24), "float32",
+                        [1, 1, 1, 1], "SAME")),
+    # Filters with a single tap row or column, whose loops of one iteration the depthwise's
+    # compute_at would drop: a 1x1 one on an intermediate computed chunk by chunk, 1x5 and 7x1.
+    ("b8-28x48x2-k1x1-s1-SAME-o32-NHWC-float32",
+     separable_workload((8, 28, 28, 48), "float32", (1, 1, 48, 2), "float32", (1, 1, 96, 32), "float32",
+                        [1, 1, 1, 1], "SAME")),
+    ("b1-14x64x1-k1x5-s1-SAME-o32-NHWC-float32",
+     separable_workload((1, 14, 14, 64), "float32", (1, 5, 64, 1), "float32", (1, 1, 64, 32), "float32",
+                        [1, 1, 1, 1], "SAME")),
+    ("b1-12x40x1-k7x1-s1-SAME-o24-NHWC-float32",
+     separable_workload((1, 12, 12, 40), "float32", (7, 1, 40, 1), "float32", (1, 1, 40, 24), "float32",
                         [1, 1, 1, 1], "SAME"))]
 ROW_BLOCKED = [(name, wl) for name, wl in matrix()
                if wl.op == "depthwise" and wl.layout == "NHWC" and len(_spaces(wl)) == 2] + [

@@ -75,6 +75,14 @@ inside the GEMM's parallel loop, right before the panels read it:
       for (oo, ii, jo) in (O / NR x R x OW / MR):   # the GEMM over the chunk
         ...
 
+Where neither the rows nor the tiles split evenly (7 rows of one tile), the
+panel-outer nest has every core read intermediate rows the other core wrote, after
+a second wake-up of the pool. When the weights fit a core's L2, the hand-written
+schedule computes each row's depthwise under the GEMM instead (the nest above with
+R = 1, the tuning spaces' fused structure): the row stays in the core's L1, and each
+row re-reads the weights from the core's own L2 (`_fuses_rows`). Larger weights
+would be read from L3 once per row, so those keep the two stages.
+
 When the output width has no good divisor for the GEMM's rows (19 in
 Xception), or the output channels leave the vectors narrower than a register
 (728: 8 lanes where a register holds 16), the NHWC pointwise's domain is padded
@@ -218,12 +226,16 @@ def schedule(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
     _schedule(sch, wl, target, weights_in_place=False)
 
 
-def _schedule(sch: s_tir.Schedule, wl: Workload, target: Target, weights_in_place: bool) -> None:
+def _schedule(sch: s_tir.Schedule, wl: Workload, target: Target, weights_in_place: bool,
+              chunk_rows: int | None = None) -> None:
     """The hand-written schedule; `weights_in_place`: its GEMM reads the pointwise weights in
-    place even where `_packs_panels` would copy them panel by panel (a design space)."""
+    place even where `_packs_panels` would copy them panel by panel (a design space).
+    `chunk_rows`: the NHWC separable's structure, as `_chunk_rows` gives it (0: two stages, 1:
+    fused), in place of the hand-written choice (a design space)."""
     lanes = vector_lanes(target, accumulation_dtype(wl.dtype))
     parallel = _parallel(wl, target)
-    chunk_rows = _chunk_rows(wl, target, lanes)
+    if chunk_rows is None:
+        chunk_rows = _chunk_rows(wl, target, lanes)
     if chunk_rows:
         _schedule_chunked(sch, wl, target, chunk_rows, weights_in_place)
         return
@@ -234,30 +246,34 @@ def _schedule(sch: s_tir.Schedule, wl: Workload, target: Target, weights_in_plac
 
 def design_spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_tir.Schedule]:
     """The tuning spaces, the hand-written schedule first: its knobs and, for NHWC
-    separable, the fused variant, where each output row's depthwise result is
-    computed into a one-row buffer (in L1/L2) right before the pointwise GEMM
-    consumes it, so the intermediate tensor never goes to memory. Whether
-    fusing pays depends on the shape (it re-reads the pointwise weights once
-    per row), so it is left to measurement; for NHWC depthwise, the
-    row-blocked structure (module docstring), likewise. Where the hand-written
-    GEMM copies its weight panels by their stride (`_packs_panels`), the same
+    separable, the other of its two structures: the fused one, where each output
+    row's depthwise result is computed into a one-row buffer (in L1/L2) right before
+    the pointwise GEMM consumes it, so the intermediate tensor never goes to memory,
+    or the two stages where the hand-written schedule fuses (`_fuses_rows`). Whether
+    fusing pays depends on the shape and the core (it re-reads the pointwise weights
+    once per row), so it is left to measurement; for NHWC depthwise, the
+    row-blocked structure (module docstring), likewise. Where a two-stage GEMM
+    copies its weight panels by their stride (`_packs_panels`), the same
     schedule reading them in place is a space too: which is faster depends on
     how fast the core retires the tile's FMAs, which no target names."""
     spaces = [sch]
-    if wl.op == "separable" and wl.layout == "NHWC":
-        fused = sch.copy()
-        _schedule_chunked(fused, wl, target, rows=1)
-        spaces.append(fused)
+    separable_nhwc = wl.op == "separable" and wl.layout == "NHWC"
+    fused_hand = separable_nhwc and _chunk_rows(wl, target, vector_lanes(target, accumulation_dtype(wl.dtype))) == 1
+    if separable_nhwc:
+        other = sch.copy()
+        _schedule(other, wl, target, weights_in_place=False, chunk_rows=0 if fused_hand else 1)
+        spaces.append(other)
     row_blocks = _row_blocks(wl, target) if wl.op == "depthwise" and wl.layout == "NHWC" else []
     if row_blocks:
         blocked = sch.copy()
         _depthwise(blocked, wl, target, _parallel(wl, target), row_blocks=row_blocks)
         spaces.append(blocked)
-    in_place = sch.copy() if wl.op == "separable" and wl.layout == "NHWC" else None
+    in_place = sch.copy() if separable_nhwc else None
     schedule(sch, wl, target)
     if in_place is not None:
-        _schedule(in_place, wl, target, weights_in_place=True)
-        if str(in_place.trace) != str(sch.trace):  # the hand-written schedule copies panels
+        _schedule(in_place, wl, target, weights_in_place=True, chunk_rows=0 if fused_hand else None)
+        two_stage = spaces[1] if fused_hand else sch
+        if str(in_place.trace) != str(two_stage.trace):  # the two-stage GEMM copies panels
             spaces.append(in_place)
     return spaces
 
@@ -275,18 +291,35 @@ def _schedule_chunked(sch: s_tir.Schedule, wl: Workload, target: Target, rows: i
 
 def _chunk_rows(wl: Workload, target: Target, lanes: int) -> int:
     """Output rows per chunk when the hand-written NHWC separable computes its
-    depthwise chunk by chunk (one core's share of it exceeds its L2), else 0. Chunks stay
-    inside one image (a divisor of the height) and split evenly over the cores;
-    the largest that fits `CHUNK_BYTES`, as fewer chunks re-read the weights less."""
-    if wl.op != "separable" or wl.layout != "NHWC" or not _parallel(wl, target):
+    depthwise chunk by chunk, else 0: one row where the two-stage GEMM would read the
+    intermediate across the cores (`_fuses_rows`); else where one core's share of the
+    intermediate exceeds its L2, chunks inside one image (a divisor of the height) that
+    split evenly over the cores, the largest that fits `CHUNK_BYTES`, as fewer chunks
+    re-read the weights less. A padded GEMM keeps its two stages."""
+    if wl.op != "separable" or wl.layout != "NHWC" or not _parallel(wl, target) or _pads_gemm(wl, target, lanes):
         return 0
+    if _fuses_rows(wl, target, lanes):
+        return 1
     row_bytes = wl.out_width * wl.mid_channels * tvm.DataType(wl.dtype).bits // 8
     rows, cores = wl.batch * wl.out_height, _cores(target)
-    if rows * row_bytes <= cores * BACKENDS["llvm"].core_cache_bytes(target) or _pads_gemm(wl, target, lanes):
-        return 0  # a padded GEMM keeps its two stages
+    if rows * row_bytes <= cores * BACKENDS["llvm"].core_cache_bytes(target):
+        return 0
     fitting = [r for r in range(2, wl.out_height + 1)
                if wl.out_height % r == 0 and r * row_bytes <= CHUNK_BYTES and (rows // r) % cores == 0]
     return max(fitting, default=0)
+
+
+def _fuses_rows(wl: Workload, target: Target, lanes: int) -> bool:
+    """Whether the hand-written NHWC separable (parallel, unpadded) computes each output row's
+    depthwise under its GEMM: where the two-stage GEMM could split neither its rows nor its
+    tiles evenly over the cores, so that its panel-outer nest would read rows of the
+    intermediate that the other core wrote, and where the weights fit a core's L2, from
+    which each row then re-reads them (module docstring)."""
+    rows_per_tile, width, _ = _gemm_domain(wl, target, lanes)
+    if _pointwise_chunks(wl, target, width // rows_per_tile)[0] > 1:
+        return False
+    weight_bytes = wl.mid_channels * wl.out_channels * tvm.DataType(wl.dtype).bits // 8
+    return weight_bytes <= BACKENDS["llvm"].core_cache_bytes(target)
 
 
 def _row_blocks(wl: Workload, target: Target) -> list[int]:

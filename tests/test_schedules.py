@@ -38,12 +38,12 @@ def _spaces(wl):
 
 # Every NHWC configuration of the matrix that has more than one space (epilogues included), plus
 # float64 (half the lanes), a pointwise whose per-core row chunks end mid-image (3 x 6 rows), one
-# whose rows do not split evenly over the cores (7), one whose pointwise is padded (a width of 11 and
+# whose rows do not split evenly over the cores (7, fused by hand), one whose pointwise is padded (a width of 11 and
 # 72 output channels, with an epilogue; its 11 rows of two tiles split over the cores by tile), one
 # whose intermediate is too large for a core's L2, computed chunk by chunk (with a multiplier and an
 # epilogue), pointwise weights whose rows are a multiple of 512 bytes apart, packed panel by panel
-# (7 rows, in float16 and float64 too), 24 output channels padded to 32, and a row-blocked depthwise
-# with a batch, a multiplier, a rate and an epilogue.
+# (7 rows, their weights larger than a core's L2, in float16 and float64 too), 24 output channels
+# padded to 32, and a row-blocked depthwise with a batch, a multiplier, a rate and an epilogue.
 SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.layout == "NHWC"] + [
     ("b1-10x12x1-s1-SAME-o20-NHWC-float64",
      separable_workload((1, 10, 10, 12), "float64", (3, 3, 12, 1), "float64", (1, 1, 12, 20), "float64",
@@ -60,14 +60,17 @@ SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.
     ("b8-28x48x2-s1-SAME-o32-bias-relu6-NHWC-float32",
      separable_workload((8, 28, 28, 48), "float32", (3, 3, 48, 2), "float32", (1, 1, 96, 32), "float32",
                         [1, 1, 1, 1], "SAME", bias=((32,), "float32"), activation="relu6")),
-    ("b1-7x96x1-s1-SAME-o256-NHWC-float32",
+    ("b1-7x96x1-s1-SAME-o256-NHWC-float32",  # fused by hand; its two stages copy weight panels
      separable_workload((1, 7, 7, 96), "float32", (3, 3, 96, 1), "float32", (1, 1, 96, 256), "float32",
+                        [1, 1, 1, 1], "SAME")),
+    ("b1-7x1088x1-s1-SAME-o256-NHWC-float32",
+     separable_workload((1, 7, 7, 1088), "float32", (3, 3, 1088, 1), "float32", (1, 1, 1088, 256), "float32",
                         [1, 1, 1, 1], "SAME")),
     ("b2-8x40x1-s2-SAME-o128-bias-relu-NHWC-float32",
      separable_workload((2, 16, 16, 40), "float32", (3, 3, 40, 1), "float32", (1, 1, 40, 128), "float32",
                         [1, 2, 2, 1], "SAME", bias=((128,), "float32"), activation="relu")),
-    ("b1-7x48x1-s1-SAME-o256-NHWC-float16",
-     separable_workload((1, 7, 7, 48), "float16", (3, 3, 48, 1), "float16", (1, 1, 48, 256), "float16",
+    ("b1-7x2080x1-s1-SAME-o256-NHWC-float16",
+     separable_workload((1, 7, 7, 2080), "float16", (3, 3, 2080, 1), "float16", (1, 1, 2080, 256), "float16",
                         [1, 1, 1, 1], "SAME")),
     ("b1-9x24x1-s1-VALID-o64-NHWC-float64",
      separable_workload((1, 11, 11, 24), "float64", (3, 3, 24, 1), "float64", (1, 1, 24, 64), "float64",
@@ -105,7 +108,7 @@ def _check(sch, wl, rng):
 @pytest.mark.parametrize("name, wl", SEPARABLE + ROW_BLOCKED, ids=[name for name, _ in SEPARABLE + ROW_BLOCKED])
 def test_every_design_space_matches_the_reference(name, wl, rng):
     spaces = _spaces(wl)
-    copies = _copies_weight_panels(spaces[0])
+    copies = any(_copies_weight_panels(space) for space in spaces[:2])  # the two-stage structure's
     assert len(spaces) == 2 + copies, "NHWC separable has the two-stage and the fused structure, " \
         "NHWC depthwise tall enough the row-blocked one; a GEMM that copies its weight panels, " \
         "the same reading them in place"
@@ -144,6 +147,26 @@ def test_fused_space_keeps_only_one_row_of_the_intermediate():
     assert f"({wl.batch}, {wl.out_height}, {wl.out_width}, {wl.mid_channels})" in two_stage
 
 
+def test_a_gemm_that_would_read_the_other_cores_rows_is_fused_row_by_row_where_its_weights_fit_l2():
+    """7 output rows of one GEMM tile split evenly over no cores: the two-stage GEMM's panel-outer
+    nest would read rows of the intermediate the other core wrote. Where the weights fit a core's
+    L2 (`Backend.core_cache_bytes`), the hand-written separable computes each row's depthwise
+    under the GEMM (a one-row intermediate), and the two stages are its other design space;
+    larger weights, which each row would re-read from L3, and rows that split evenly keep the
+    two stages."""
+    by_name = dict(SEPARABLE)
+    for name, fused in (("b1-7x256x1-s1-SAME-o64-NHWC-float32", True),  # 64 KiB of weights
+                        ("b1-7x96x1-s1-SAME-o256-NHWC-float32", True),
+                        ("b1-7x1088x1-s1-SAME-o256-NHWC-float32", False),  # 1.1 MiB
+                        ("b3-6x12x64x1-s1-SAME-o64-NHWC-float32", False)):  # 18 rows: 9 per core
+        wl = by_name[name]
+        rows = _allocations(build.hand_schedule(wl, STRUCTURE).mod)["depthwise"][1]
+        assert rows == (1 if fused else wl.out_height), name
+        spaces = llvm.design_spaces(s_tir.Schedule(build.workload_module(wl, STRUCTURE)), wl, STRUCTURE)
+        assert [_allocations(space.mod)["depthwise"][1] for space in spaces[:2]] == \
+            ([1, wl.out_height] if fused else [wl.out_height, 1]), name
+
+
 def test_an_intermediate_too_large_for_l2_is_computed_chunk_by_chunk():
     """Past a core's L2 share (`Backend.core_cache_bytes`) the hand-written separable
     computes the depthwise per chunk of whole rows of one image, inside the GEMM's
@@ -168,10 +191,10 @@ def test_other_layouts_and_shapes_have_one_space():
 
 @pytest.mark.parametrize("cores, chunked", [
     (2, {"b3-6x12x64x1-s1-SAME-o64-NHWC-float32": True,  # 18 rows: 9 per core
-         "b1-7x256x1-s1-SAME-o64-NHWC-float32": False,  # 7 rows, 7 tiles: neither splits
+         "b1-7x1088x1-s1-SAME-o256-NHWC-float32": False,  # 7 rows, 7 tiles: neither splits
          "b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32": True}),  # 11 rows of 2 tiles: by tile
     (3, {"b3-6x12x64x1-s1-SAME-o64-NHWC-float32": True,  # 6 rows per core
-         "b1-7x256x1-s1-SAME-o64-NHWC-float32": False,
+         "b1-7x1088x1-s1-SAME-o256-NHWC-float32": False,
          "b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32": False}),  # 11 rows, 22 tiles: neither splits
 ])
 def test_pointwise_rows_are_chunked_per_core(cores, chunked):
@@ -255,8 +278,8 @@ def test_pointwise_weights_a_multiple_of_512_bytes_apart_are_packed_per_panel():
     contiguous buffer that the panel's tiles read (`llvm._packs_panels`); other
     strides read them in place."""
     by_name = dict(SEPARABLE)
-    for name in ("b1-7x96x1-s1-SAME-o256-NHWC-float32", "b2-8x40x1-s2-SAME-o128-bias-relu-NHWC-float32",
-                 "b1-7x48x1-s1-SAME-o256-NHWC-float16", "b1-9x24x1-s1-VALID-o64-NHWC-float64"):
+    for name in ("b1-7x1088x1-s1-SAME-o256-NHWC-float32", "b2-8x40x1-s2-SAME-o128-bias-relu-NHWC-float32",
+                 "b1-7x2080x1-s1-SAME-o256-NHWC-float16", "b1-9x24x1-s1-VALID-o64-NHWC-float64"):
         wl = by_name[name]
         assert _packed_weights(wl), name
         text = _intermediate_allocation(build.hand_schedule(wl, STRUCTURE).mod)

@@ -63,6 +63,9 @@ SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.
     ("b1-7x96x1-s1-SAME-o256-NHWC-float32",  # fused by hand; its two stages copy weight panels
      separable_workload((1, 7, 7, 96), "float32", (3, 3, 96, 1), "float32", (1, 1, 96, 256), "float32",
                         [1, 1, 1, 1], "SAME")),
+    ("b1-7x64x1-s1-SAME-o96-bias-relu6-NHWC-float16",  # fused by hand, with an epilogue
+     separable_workload((1, 7, 7, 64), "float16", (3, 3, 64, 1), "float16", (1, 1, 64, 96), "float16",
+                        [1, 1, 1, 1], "SAME", bias=((96,), "float16"), activation="relu6")),
     ("b1-7x1088x1-s1-SAME-o256-NHWC-float32",
      separable_workload((1, 7, 7, 1088), "float32", (3, 3, 1088, 1), "float32", (1, 1, 1088, 256), "float32",
                         [1, 1, 1, 1], "SAME")),
@@ -157,14 +160,21 @@ def test_a_gemm_that_would_read_the_other_cores_rows_is_fused_row_by_row_where_i
     by_name = dict(SEPARABLE)
     for name, fused in (("b1-7x256x1-s1-SAME-o64-NHWC-float32", True),  # 64 KiB of weights
                         ("b1-7x96x1-s1-SAME-o256-NHWC-float32", True),
+                        ("b1-7x64x1-s1-SAME-o96-bias-relu6-NHWC-float16", True),
                         ("b1-7x1088x1-s1-SAME-o256-NHWC-float32", False),  # 1.1 MiB
                         ("b3-6x12x64x1-s1-SAME-o64-NHWC-float32", False)):  # 18 rows: 9 per core
         wl = by_name[name]
-        rows = _allocations(build.hand_schedule(wl, STRUCTURE).mod)["depthwise"][1]
-        assert rows == (1 if fused else wl.out_height), name
+        assert _intermediate_rows(build.hand_schedule(wl, STRUCTURE).mod) == (1 if fused else wl.out_height), name
         spaces = llvm.design_spaces(s_tir.Schedule(build.workload_module(wl, STRUCTURE)), wl, STRUCTURE)
-        assert [_allocations(space.mod)["depthwise"][1] for space in spaces[:2]] == \
+        assert [_intermediate_rows(space.mod) for space in spaces[:2]] == \
             ([1, wl.out_height] if fused else [wl.out_height, 1]), name
+
+
+def _intermediate_rows(mod) -> int:
+    """The rows of the depthwise result a separable's kernel holds: the float16 one, rounded
+    once (`depthwise_cast`), where the depthwise sums in float32."""
+    allocations = _allocations(mod)
+    return allocations.get("depthwise_cast", allocations.get("depthwise"))[1]
 
 
 def test_an_intermediate_too_large_for_l2_is_computed_chunk_by_chunk():

@@ -85,7 +85,8 @@ def _tile_sizes(wl: Workload) -> tuple[int, int]:
     lanes = llvm.vector_lanes(target, accumulation_dtype(wl.dtype))
     rows, width, outputs = llvm._gemm_domain(wl, target, lanes)
     panel_outer = llvm._pointwise_chunks(wl, target, width // rows)[0] == 1 and not llvm._chunk_rows(wl, target, lanes)
-    if not (panel_outer and llvm._packs_panels(wl, 0) and (width, outputs) == (wl.out_width, wl.out_channels)):
+    copies = "pointwise_filter_global" in build.hand_schedule(wl, target).mod.script()  # the panels' cache_read
+    if not (panel_outer and copies and (width, outputs) == (wl.out_width, wl.out_channels)):
         raise SystemExit(f"{wl.describe()}: its hand-written GEMM is not the panel-outer nest that copies its panels")
     return rows, llvm._vector(outputs, llvm.GEMM_VECTORS * lanes, lanes)
 

@@ -161,13 +161,17 @@ def test_every_kernel_matches_the_reference_on_an_emulated_core(bundles, bundle,
     assert lines[-1].startswith("machine: aarch64 ")
     if native_float16:
         # It rounds after every tap, as TF's CPU kernel does;
-        # its FMAs round once where TF rounds twice (float32, then float16), so a few results are
-        # a unit in the last place apart; sums in float32 leave about half of them apart.
+        # its FMAs round once where TF rounds twice (float32, then float16), so a few results, drawn
+        # at random, are a unit in the last place apart: too few to bound one small layer's share by
+        # the rate (two of its results may be), so the rate bounds all layers' results together.
+        # Sums in float32 leave a quarter to a half of every layer's results apart.
         depthwise = {kernel["name"] for kernel in manifest["kernels"]
                      if kernel["workload"]["op"] == "depthwise" and kernel["workload"]["dtype"] == "float16"}
-        apart = {fields[0]: float(fields[2]) for fields in (line.split() for line in lines[:-1])
+        apart = {fields[0]: (int(fields[2]), int(fields[3])) for fields in (line.split() for line in lines[:-1])
                  if fields[0] in depthwise}
-        assert apart and max(apart.values()) <= 1e-3, apart
+        assert apart, lines
+        differ, results = (sum(counts) for counts in zip(*apart.values()))
+        assert max(d / n for d, n in apart.values()) <= 1e-2 and differ <= 1e-3 * results, apart
 
 
 @needs_emulation

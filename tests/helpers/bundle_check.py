@@ -6,9 +6,9 @@ Run by the emulated-aarch64 tests with an aarch64 Python and the TVM runtime alo
 kernel gets fresh random inputs and a NaN-poisoned `out=` through the bundle's public op;
 one line per kernel, `<layer> <scaled error>`, then this process's architecture and CPU
 features; exit 1 if any kernel is outside its dtype's tolerance. With `--tf-cpu-float16`, a
-float16 kernel's line adds the fraction of its results that differ from those of TF's CPU
-kernel, which rounds its depthwise sums after every tap (`reference_for`'s `rounded_taps`):
-a second reference, which under emulation takes about as long as the first.
+float16 kernel's line adds how many of its results differ from those of TF's CPU kernel,
+which rounds its depthwise sums after every tap (`reference_for`'s `rounded_taps`), and how
+many results it has: a second reference, which under emulation takes about as long as the first.
 """
 
 import platform
@@ -38,8 +38,8 @@ def main(path: str, tf_cpu_float16: bool = False) -> int:
         error = scaled_error(out, reference_for(wl, arrays)) if result is out else float("inf")
         failed += not error <= TOLERANCE[wl.dtype]
         if tf_cpu_float16 and wl.dtype == "float16":
-            print(name, error, np.mean(out != reference_for(wl, arrays, rounded_taps=True).astype(np.float16)),
-                  flush=True)
+            tf_cpu = reference_for(wl, arrays, rounded_taps=True).astype(np.float16)
+            print(name, error, np.count_nonzero(out != tf_cpu), out.size, flush=True)
         else:
             print(name, error, flush=True)
     print("machine:", platform.machine(), " ".join(sorted(host_cpu_features() or ())))

@@ -14,7 +14,6 @@ line, taking turns; medians in microseconds.
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from tvmsep.spec import Workload
 from tvmsep.target import host_target
 
 from limits import median_ms_in_turns
+import report
 
 LINE_BYTES = 64
 OFFSETS = (0, 16, 32, 48)  # where numpy may start an array, in bytes past a line
@@ -91,9 +91,7 @@ def main() -> int:
     args = parser.parse_args()
     rows = time_arrangements(args.layers.split(","), args.op, _off_line, 400)
     mcpu = host_target().attrs["mcpu"]
-    lines = [f"# Input start against a cache line, {args.op}, fp32 ({mcpu})", "",
-             f"- date: {datetime.date.today()}",
-             f"- command: `{' '.join(['python benchmarks/alignment.py', *sys.argv[1:]])}`",
+    lines = [*report.header(f"Input start against a cache line, {args.op}, fp32 ({mcpu})"),
              "- median us per call of the hand-written kernel (result passed in, on a line, placed in its page "
              "against the input as tvmsep places its results), the input starting "
              "0, 16, 32 or 48 bytes past a cache line; the four take turns in blocks of 25 calls, in a random "
@@ -103,10 +101,7 @@ def main() -> int:
     for name, _, us in rows:
         times = [us[o] for o in OFFSETS]
         lines.append(f"| {name} | " + " | ".join(f"{t:.1f}" for t in times) + f" | {max(times) / times[0]:.2f}x |")
-    output = args.output or Path(__file__).parent / "results" / f"alignment-{mcpu}.md"
-    output.write_text("\n".join(lines) + "\n")
-    print(f"wrote {output}")
-    return 0
+    return report.write(lines, "alignment", mcpu, args.output)
 
 
 if __name__ == "__main__":

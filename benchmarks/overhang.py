@@ -21,7 +21,6 @@ result placed against the input as tvmsep places its own (tvmsep/runtime.py).
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import sys
@@ -37,6 +36,7 @@ from tvmsep.target import host_target, resolve_target
 
 from alignment import array_at, placed_result
 from limits import median_ms_in_turns
+import report
 
 KINDS = ("tested", "split")
 
@@ -95,9 +95,8 @@ def main() -> int:
     target = resolve_target(json.loads(args.target)) if args.target else host_target()
     rows = measure(layers(), target)
     mcpu = target.attrs["mcpu"]
-    lines = [f"# Bounds tests of overhanging pixel blocks in depthwise kernels, fp32, compiled for {mcpu}, "
-             f"run on {host_target().attrs['mcpu']}", "", f"- date: {datetime.date.today()}",
-             f"- command: `{' '.join(['python benchmarks/overhang.py', *sys.argv[1:]])}`",
+    lines = [*report.header(f"Bounds tests of overhanging pixel blocks in depthwise kernels, fp32, compiled for "
+                            f"{mcpu}, run on {host_target().attrs['mcpu']}"),
              "- median us per call of the hand-written kernel: `tested` as TVM compiles it, every pixel block "
              "testing its bounds, `split` as tvmsep compiles it; the two take turns in blocks of 25 calls, in a "
              "random order each round, the first 5 of a block not counted; inputs on a page, the result "
@@ -107,10 +106,7 @@ def main() -> int:
         lines.append(f"| {name} | {wl.describe()} | {tested:.1f} | {split:.1f} | {tested / split:.2f}x |")
     geomean = np.exp(np.mean([np.log(t / s) for _, _, (t, s) in rows]))
     lines.append(f"| geomean | | | | {geomean:.2f}x |")
-    output = args.output or Path(__file__).parent / "results" / f"overhang-{mcpu}.md"
-    output.write_text("\n".join(lines) + "\n")
-    print(f"wrote {output}")
-    return 0
+    return report.write(lines, "overhang", mcpu, args.output)
 
 
 if __name__ == "__main__":

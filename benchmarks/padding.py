@@ -22,7 +22,6 @@ own (two lines before it in a page: tvmsep/runtime.py).
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import sys
@@ -39,6 +38,7 @@ from tvmsep.target import host_target, resolve_target
 
 from alignment import array_at, placed_result
 from limits import median_ms_in_turns
+import report
 
 KINDS = ("unsplit", "split", "pre-padded")
 
@@ -86,9 +86,8 @@ def main() -> int:
     target = resolve_target(json.loads(args.target)) if args.target else host_target()
     rows = measure(args.layers.split(",") if args.layers else _padded_layers(), target)
     mcpu = target.attrs["mcpu"]
-    lines = [f"# Padding tests in depthwise kernels, fp32, compiled for {mcpu}, run on {host_target().attrs['mcpu']}",
-             "", f"- date: {datetime.date.today()}",
-             f"- command: `{' '.join(['python benchmarks/padding.py', *sys.argv[1:]])}`",
+    lines = [*report.header(f"Padding tests in depthwise kernels, fp32, compiled for {mcpu}, "
+                            f"run on {host_target().attrs['mcpu']}"),
              f"- tvmsep compiles kernels for this target "
              f"{'' if backend_for(target).splits_padding(target) else 'un'}split",
              "- median us per call of the hand-written kernel: `unsplit` tests every product for the padding, "
@@ -104,10 +103,7 @@ def main() -> int:
     ratios = np.array([[u / s, s / p] for _, (u, s, p) in rows])
     geomean = np.exp(np.log(ratios).mean(axis=0))
     lines.append(f"| geomean | | | | {geomean[0]:.2f}x | {geomean[1]:.2f}x |")
-    output = args.output or Path(__file__).parent / "results" / f"padding-{mcpu}.md"
-    output.write_text("\n".join(lines) + "\n")
-    print(f"wrote {output}")
-    return 0
+    return report.write(lines, "padding", mcpu, args.output)
 
 
 if __name__ == "__main__":

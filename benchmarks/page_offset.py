@@ -14,7 +14,6 @@ modulo a page), the distances taking turns; medians in microseconds.
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from tvmsep import runtime
 from tvmsep.target import host_target
 
 from alignment import array_at, time_arrangements
+import report
 
 # Result minus input, modulo a page: the lines right after the input's place, and after a KiB
 # or two past it, then the place tvmsep chooses (runtime.RESULT_BEFORE_INPUT_BYTES before it).
@@ -47,9 +47,7 @@ def main() -> int:
     args = parser.parse_args()
     rows = time_arrangements(args.layers.split(","), args.op, _at_distances, 200)
     mcpu = host_target().attrs["mcpu"]
-    lines = [f"# A result's place in a page against its input's, {args.op}, fp32 ({mcpu})", "",
-             f"- date: {datetime.date.today()}",
-             f"- command: `{' '.join(['python benchmarks/page_offset.py', *sys.argv[1:]])}`",
+    lines = [*report.header(f"A result's place in a page against its input's, {args.op}, fp32 ({mcpu})"),
              "- median us per call of the hand-written kernel, input and result on cache lines, the result's "
              "start minus the input's at each distance modulo 4 KiB (the column, in bytes); the distances take "
              "turns in blocks of 25 calls, in a random order each round, the first 5 of a block not counted. "
@@ -60,10 +58,7 @@ def main() -> int:
         times = [us[d] for d in DISTANCES]
         lines.append(f"| {name} | {wl.in_channels} | " + " | ".join(f"{t:.1f}" for t in times)
                      + f" | {max(times) / times[-1]:.2f}x |")
-    output = args.output or Path(__file__).parent / "results" / f"page-offset-{mcpu}.md"
-    output.write_text("\n".join(lines) + "\n")
-    print(f"wrote {output}")
-    return 0
+    return report.write(lines, "page-offset", mcpu, args.output)
 
 
 if __name__ == "__main__":

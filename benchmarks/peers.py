@@ -59,7 +59,6 @@ import random
 import statistics
 import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any

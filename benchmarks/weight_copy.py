@@ -23,7 +23,6 @@ the GEMM here is tvmsep's.
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import sys
 from pathlib import Path
@@ -40,6 +39,7 @@ from tvmsep.target import host_target
 
 from alignment import array_at, placed_result
 from limits import median_ms_in_turns
+import report
 
 KINDS = ("separable", "copied", "packed")
 
@@ -123,9 +123,8 @@ def main() -> int:
     layers = {layer.name: layer for layer in network("public") + network("unseen")}
     rng = np.random.default_rng(0)
     mcpu = host_target().attrs["mcpu"]
-    lines = [f"# The pointwise weights as the call gives them against packed ahead, separable, fp32 ({mcpu})", "",
-             f"- date: {datetime.date.today()}",
-             f"- command: `{' '.join(['python benchmarks/weight_copy.py', *sys.argv[1:]])}`",
+    lines = [*report.header(f"The pointwise weights as the call gives them against packed ahead, separable, "
+                            f"fp32 ({mcpu})"),
              "- median us per call: tvmsep's hand-written separable kernel; its GEMM alone with the weight panels "
              "copied on every call as tvmsep's are; the same GEMM on weights packed before the call. Arrays on "
              "cache lines; the three take turns in blocks of 25 calls, in a random order each round, the first 5 "
@@ -140,10 +139,7 @@ def main() -> int:
         lines.append(f"| {name} | {gemm} | {wl.mid_channels * wl.out_channels * 4 / 2**20:.1f} MiB | "
                      + " | ".join(f"{us[kind]:.1f}" for kind in KINDS)
                      + f" | {us['copied'] - us['packed']:.1f} | {us['copied'] / us['packed']:.2f}x |")
-    output = args.output or Path(__file__).parent / "results" / f"weight-copy-{mcpu}.md"
-    output.write_text("\n".join(lines) + "\n")
-    print(f"wrote {output}")
-    return 0
+    return report.write(lines, "weight-copy", mcpu, args.output)
 
 
 if __name__ == "__main__":

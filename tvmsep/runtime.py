@@ -170,28 +170,36 @@ def output_array(op: str, out: Any, wl: Workload, inputs: Sequence[Array]) -> Ar
         raise ValueError(f"{op}_conv2d: `out` must be C-contiguous")
     if not flags.writeable:
         raise ValueError(f"{op}_conv2d: `out` is read-only")
-    _check_overlap(op, view, inputs)
+    if _overlaps(view, inputs):
+        raise _overlap_error(f"{op}_conv2d")
     return view
 
 
-def _check_overlap(op: str, out: np.ndarray, inputs: Sequence[Array]) -> None:
-    """numpy points a view's `base` at the array that owns its memory (or at the foreign object
-    that does), so two arrays whose owners are distinct numpy arrays without a base share no
-    memory; any other pair takes numpy's test, which costs more than all the other checks of a
-    call. (`_NDARRAY`: a module global is looked up faster than `np.ndarray`.)"""
+def _overlaps(out: np.ndarray, inputs: Sequence[Array]) -> bool:
+    """Whether `out` may share memory with an input. numpy points a view's `base` at the array
+    that owns its memory (or at the foreign object that does), so two arrays whose owners are
+    distinct numpy arrays without a base share no memory; any other pair takes numpy's test,
+    which costs more than all the other checks of a call. A predicate, so that the common call
+    looks nothing else up (`_NDARRAY`: a module global is found faster than `np.ndarray`)."""
     out_owner = out.base
     if out_owner is None:
         out_owner = out
-    owns = type(out_owner) is _NDARRAY and out_owner.base is None
-    for a in inputs:
-        if type(a) is _NDARRAY:
+    if type(out_owner) is _NDARRAY and out_owner.base is None:
+        for a in inputs:
+            if type(a) is not _NDARRAY:
+                break
             owner = a.base
             if owner is None:
                 owner = a
-            if owns and owner is not out_owner and type(owner) is _NDARRAY and owner.base is None:
-                continue
-        if a is out or isinstance(a, np.ndarray) and np.may_share_memory(out, a):
-            raise ValueError(f"{op}_conv2d: `out` overlaps an input; the kernel would read what it overwrites")
+            if owner is out_owner or type(owner) is not _NDARRAY or owner.base is not None:
+                break
+        else:
+            return False
+    return any(a is out or isinstance(a, np.ndarray) and np.may_share_memory(out, a) for a in inputs)
+
+
+def _overlap_error(fn: str) -> ValueError:
+    return ValueError(f"{fn}: `out` overlaps an input; the kernel would read what it overwrites")
 
 
 def _device_output(fn: str, out: Any, wl: Workload, inputs: Sequence[Array]) -> tvm_ffi.Tensor:
@@ -203,7 +211,7 @@ def _device_output(fn: str, out: Any, wl: Workload, inputs: Sequence[Array]) -> 
     for a in inputs:
         if isinstance(a, tvm_ffi.Tensor) and a.device == tensor.device \
                 and a.data_ptr() < stop and start < a.data_ptr() + _nbytes(a):
-            raise ValueError(f"{fn}: `out` overlaps an input; the kernel would read what it overwrites")
+            raise _overlap_error(fn)
     return tensor
 
 
@@ -342,8 +350,9 @@ class Kernel:
                 out = np.empty(self._output_shape, self._output_dtype)
             else:
                 out = self._placed_results.new(inputs[0])
-        elif type(out) is np.ndarray:
-            _check_overlap(self.workload.op, out, inputs)
+        elif type(out) is _NDARRAY:
+            if _overlaps(out, inputs):
+                raise _overlap_error(f"{self.workload.op}_conv2d")
         else:
             return None
         try:

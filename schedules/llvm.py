@@ -16,6 +16,9 @@ Depthwise, NHWC (channels are contiguous, so they are the vector axis):
 
 V is one vector register, or two where the input's pixels are a multiple of 2 KiB
 apart and so crowd a tile's loads into a few of the L1's sets (`_depthwise_vectors`).
+Channels that only narrow vectors divide (11, 22, 100) would take many of those per
+pixel; there V is 8 lanes (4 on NEON), the last vector of a pixel a masked tail
+(`_depthwise_channel_knob`).
 With a channel multiplier M, the vectors run over input channels, with the
 M outputs of each as a loop outside them (`_by_input_channel`).
 
@@ -127,6 +130,11 @@ DEPTHWISE_PIXEL_BLOCK = 8
 # A depthwise tile whose input pixels fall in this few of the L1's sets or fewer is made two
 # vectors wide (`_depthwise_vectors`).
 CROWDED_SETS = 2
+# Channels that no wide vector divides: vectors this many lanes wide (or the register's, if
+# narrower) with a masked tail, where they take at least TAIL_COST fewer vectors a pixel than
+# the widest dividing vectors (`_depthwise_channel_knob`).
+TAIL_VECTOR_LANES = 8
+TAIL_COST = 8
 # Most vector FMAs of a depthwise tile (taps x pixels) that are unrolled (`_depthwise`).
 MAX_UNROLLED_TAPS = 1024
 # Output rows per register block in NCHW depthwise (width is the vector axis).
@@ -464,7 +472,7 @@ def _depthwise_nhwc(sch: s_tir.Schedule, block, wl: Workload, target: Target, la
         c, q = sch.split(c, [None, wl.multiplier])
         _by_input_channel(sch, block, wl.multiplier)
     vectors = _depthwise_vectors(wl, target, lanes)
-    co, vec = sch.split(c, [None, _vector_knob(sch, wl.in_channels, lanes, registers=vectors)])
+    co, vec = sch.split(c, [None, _depthwise_channel_knob(sch, wl, lanes, vectors)])
     per_tile = [co, q] if wl.multiplier > 1 else [co]
     if row_blocks:
         b, i = outer
@@ -496,6 +504,23 @@ def _depthwise_vectors(wl: Workload, target: Target, lanes: int) -> int:
     accumulators = 2 * _depthwise_pixel_block(wl)
     fits = accumulators + 4 <= BACKENDS["llvm"].vector_registers(target)  # and two inputs, two filters
     return 2 if fits else 1
+
+
+def _depthwise_channel_knob(sch: s_tir.Schedule, wl: Workload, lanes: int, registers: int):
+    """The lanes of an NHWC depthwise tile's channel vector, a knob: by default the widest vector
+    that divides the channels, `registers` registers at most (`_vector_knob`), unless those are so
+    narrow that vectors of TAIL_VECTOR_LANES, the last one a masked tail, take at least TAIL_COST
+    fewer per pixel: then those, with the dividing width as the alternative. 11 channels take one
+    vector of 8 and a tail of 3, not 11 scalar products; 22 two and a tail, not 11 pairs. A tail
+    costs several narrow vectors (the compiler masks the guarded lanes' loads, products and
+    stores), so it pays only where it saves many; with tails a whole AVX-512 register wide, every
+    such layer measured slower than with tails of 8 lanes."""
+    channels = wl.in_channels
+    dividing = _vector(channels, registers * lanes, lanes)
+    tail_lanes = min(TAIL_VECTOR_LANES, lanes)
+    if channels % tail_lanes == 0 or channels // dividing - channels // tail_lanes < TAIL_COST:
+        return _vector_knob(sch, channels, lanes, registers)
+    return _knob(sch, tail_lanes, [dividing], channels)
 
 
 def _depthwise_pixel_block(wl: Workload) -> int:

@@ -23,7 +23,7 @@ from tvmsep.backends import BACKENDS, host_architecture
 from tvmsep.bundle import MANIFEST, BundleError
 from tvmsep.export import compile_bundle
 from tvmsep.matrix import CASES, case_name, case_workload, matrix
-from tvmsep.networks import network
+from tvmsep.networks import Layer, network
 from tvmsep.schedules.llvm import vector_lanes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,13 +98,18 @@ def test_linking_aarch64_code_with_the_host_compiler_is_a_clear_error(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+# Channels that no wide vector divides, whose depthwise tiles end in a masked tail of lanes
+# (`llvm._depthwise_channel_knob`), one with a multiplier.
+TAILED = [Layer("tail_15x11", 1, 15, 11, 1, 24), Layer("tail_12x13_m2_k5", 1, 12, 13, 1, 24, kernel=5, multiplier=2)]
+
+
 def _checked_layers(dtypes_of_networks):
-    """The configuration matrix (fp32, fp16; fp64 in NHWC), and MobileNetV1 and V2's layers,
-    both ops, in each of `dtypes_of_networks`."""
+    """The configuration matrix (fp32, fp16; fp64 in NHWC), and MobileNetV1 and V2's layers and
+    TAILED, both ops, in each of `dtypes_of_networks`."""
     named = matrix() + [(f"{case_name(case)}-NHWC-float64", case_workload(case, "NHWC", "float64"))
                         for case in CASES]
-    for preset in ("mobilenet_v1", "mobilenet_v2"):
-        for layer in network(preset):
+    for layers in (network("mobilenet_v1"), network("mobilenet_v2"), TAILED):
+        for layer in layers:
             for op in ("depthwise", "separable"):
                 named += [(f"{layer.name}-{op}-{dtype}", dataclasses.replace(layer.workload(op), dtype=dtype))
                           for dtype in dtypes_of_networks]

@@ -259,6 +259,46 @@ def test_a_depthwise_whose_pixels_crowd_a_few_cache_sets_is_two_vectors_wide(cha
         _check(build.hand_schedule(wl, TARGET), wl, rng)
 
 
+@pytest.mark.parametrize("channels, x86, neon", [
+    (11, 8, 4),  # 11 scalar products a pixel, or one vector and a masked tail of 3
+    (9, 8, 1),  # NEON's vectors of 4 would save only 7 of 9 scalars
+    (22, 8, 2),
+    (100, 8, 4),  # 25 vectors of 4, or 12 of 8 and a tail of 4
+    (12, 4, 4),  # few enough vectors that divide the channels
+    (44, 4, 4),
+    (6, 2, 2),
+])
+def test_channels_that_no_wide_vector_divides_take_vectors_of_eight_with_a_masked_tail(channels, x86, neon):
+    """Where the widest vector that divides the channels is so narrow that a pixel takes many,
+    an NHWC depthwise tile takes vectors of 8 lanes (4 on NEON) with a masked tail instead. (Its
+    channel vector is its narrowest vectorized loop: a tile of scalars stores along its pixels.)"""
+    wl = depthwise_workload((1, 14, 14, channels), "float32", (3, 3, channels, 1), "float32", [1, 1, 1, 1], "SAME")
+    neon_target = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1",
+                                     "num-cores": 4})
+    assert min(_depthwise_lanes(wl, STRUCTURE)) == min(_depthwise_lanes(wl, tvm.target.Target(AVX2))) == x86
+    assert min(_depthwise_lanes(wl, neon_target)) == neon
+
+
+@pytest.mark.parametrize("shape, filter_shape, strides, padding, dtype", [
+    ((1, 15, 16, 11), (3, 3, 11, 1), [1, 1, 1, 1], "SAME", "float32"),
+    ((2, 17, 19, 22), (3, 3, 22, 1), [1, 2, 2, 1], "VALID", "float32"),
+    ((1, 13, 14, 13), (5, 5, 13, 2), [1, 1, 1, 1], "SAME", "float16"),  # vectors over input channels
+    ((1, 12, 12, 100), (3, 3, 100, 1), [1, 1, 1, 1], [[0, 0], [1, 2], [0, 1], [0, 0]], "float64"),
+])
+def test_a_depthwise_with_a_masked_channel_tail_matches_the_reference(shape, filter_shape, strides, padding, dtype,
+                                                                     rng):
+    """Every kernel with a masked tail of channels, depthwise and separable, in each design space,
+    writes all of a NaN-poisoned result within its dtype's tolerance of the float64 reference."""
+    depthwise = depthwise_workload(shape, dtype, filter_shape, dtype, strides, padding)
+    pointwise = (1, 1, filter_shape[2] * filter_shape[3], 24)
+    separable = separable_workload(shape, dtype, filter_shape, dtype, pointwise, dtype, strides, padding)
+    for wl in (depthwise, separable):
+        spaces = _spaces(wl)
+        assert re.search(r"T\.where\(", spaces[0].mod.script()), "the hand-written tile has a tail"
+        for space in spaces:
+            _check(space, wl, rng)
+
+
 def test_pointwise_tails_are_padded_out_of_the_gemm_loop():
     """A width with no good row block (11) and channels that are not whole
     vector registers (72) pad the GEMM's domain: no bounds test in its inner

@@ -31,6 +31,7 @@ def _cpu(cores: int) -> tvm.target.Target:
 
 STRUCTURE = _cpu(2)
 AVX2 = {"kind": "llvm", "mcpu": "haswell", "num-cores": 2}  # 16 vector registers of 256 bits
+NEON = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1", "num-cores": 4}  # 128 bits
 
 
 def _spaces(wl):
@@ -253,8 +254,7 @@ def test_a_depthwise_whose_pixels_crowd_a_few_cache_sets_is_two_vectors_wide(cha
     wl = depthwise_workload((1, 14, 14, channels), dtype, (3, 3, channels, 1), dtype, strides, "SAME")
     assert _depthwise_lanes(wl, STRUCTURE) == {lanes}
     assert _depthwise_lanes(wl, tvm.target.Target(AVX2)) == {256 // np.dtype(dtype).itemsize // 8}
-    neon = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1", "num-cores": 4})
-    assert _depthwise_lanes(wl, neon) == {128 // np.dtype(dtype).itemsize // 8}
+    assert _depthwise_lanes(wl, tvm.target.Target(NEON)) == {128 // np.dtype(dtype).itemsize // 8}
     if lanes == 2 * llvm.vector_lanes(STRUCTURE, dtype):  # the wide tile, as this CPU builds it
         _check(build.hand_schedule(wl, TARGET), wl, rng)
 
@@ -273,10 +273,8 @@ def test_channels_that_no_wide_vector_divides_take_vectors_of_eight_with_a_maske
     an NHWC depthwise tile takes vectors of 8 lanes (4 on NEON) with a masked tail instead. (Its
     channel vector is its narrowest vectorized loop: a tile of scalars stores along its pixels.)"""
     wl = depthwise_workload((1, 14, 14, channels), "float32", (3, 3, channels, 1), "float32", [1, 1, 1, 1], "SAME")
-    neon_target = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1",
-                                     "num-cores": 4})
     assert min(_depthwise_lanes(wl, STRUCTURE)) == min(_depthwise_lanes(wl, tvm.target.Target(AVX2))) == x86
-    assert min(_depthwise_lanes(wl, neon_target)) == neon
+    assert min(_depthwise_lanes(wl, tvm.target.Target(NEON))) == neon
 
 
 @pytest.mark.parametrize("shape, filter_shape, strides, padding, dtype", [
@@ -292,6 +290,9 @@ def test_a_depthwise_with_a_masked_channel_tail_matches_the_reference(shape, fil
     depthwise = depthwise_workload(shape, dtype, filter_shape, dtype, strides, padding)
     pointwise = (1, 1, filter_shape[2] * filter_shape[3], 24)
     separable = separable_workload(shape, dtype, filter_shape, dtype, pointwise, dtype, strides, padding)
+    sum_lanes = llvm._sum_lanes(s_tir.Schedule(build.workload_module(depthwise, TARGET)), "depthwise", TARGET)
+    assert min(_depthwise_lanes(depthwise, TARGET)) == min(llvm.TAIL_VECTOR_LANES, sum_lanes), \
+        "the hand-written tile's channel vectors end in a masked tail"
     for wl in (depthwise, separable):
         spaces = _spaces(wl)
         assert re.search(r"T\.where\(", spaces[0].mod.script()), "the hand-written tile has a tail"

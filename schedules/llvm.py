@@ -46,7 +46,8 @@ reading the weights in place ([C*M, O]: one row of NR per step), unless their
 rows are a multiple of 512 bytes (or a page or more) apart: then a panel's lines
 crowd into a few cache sets and leave the prefetchers behind, so each panel is
 first copied into a contiguous [C*M, NR] buffer under the panel loop, which its
-tiles then read (`_packs_panels`). For other strides the copy only costs. Whether
+tiles then read (`_packs_panels`); a prepared layer's weights come packed so, and
+are read in place (`pointwise_panel`). For other strides the copy only costs. Whether
 the copy saves depends on how fast the core retires the tile's FMAs, so where it is made, the
 same schedule reading the weights in place is a tuning space too (`design_spaces`). For NCHW
 the roles flip: pixels are the vector axis and output channels are broadcast
@@ -122,7 +123,7 @@ from tvmsep.spec import Workload
 
 from .common import accumulator, explicit_store, has_block, loop_depth, store_once
 
-__all__ = ["schedule", "design_spaces", "vector_lanes"]
+__all__ = ["schedule", "design_spaces", "vector_lanes", "pointwise_panel"]
 
 # Output pixels per register block in depthwise: WB accumulators plus an
 # input and a filter vector stay well inside 16 (AVX2) or 32 (AVX-512) registers.
@@ -395,6 +396,21 @@ def _packs_panels(wl: Workload, chunk_rows: int) -> bool:
     return row_bytes % ALIASING_STRIDE == 0 or row_bytes >= PAGE_BYTES
 
 
+def pointwise_panel(wl: Workload, target: Target) -> int:
+    """The panel a prepared layer packs the pointwise weights in, once, ahead of its calls
+    (`Workload.pointwise_panel`): the NHWC GEMM's default vector width, where the call's GEMM
+    copies them panel by panel (`_packs_panels`; not a padded GEMM, whose copy zero-pads
+    them); else 0, and the layer runs the call's kernel, tuned where a log holds one. Where
+    the call reads its weights in place, packing them measured no faster."""
+    if wl.op != "separable" or wl.layout != "NHWC":
+        return 0
+    lanes = vector_lanes(target, accumulation_dtype(wl.dtype))
+    if _pads_gemm(wl, target, lanes) or not _packs_panels(wl, _chunk_rows(wl, target, lanes)):
+        return 0
+    panel = _vector(wl.out_channels, GEMM_VECTORS * lanes, lanes)
+    return panel if panel < wl.out_channels else 0
+
+
 def _pack_panel(sch: s_tir.Schedule, block, panel_loop) -> None:
     """Copy the weights that the tiles under `panel_loop` read into a contiguous buffer there:
     the zero-padded copy of a padded GEMM, or else a cache of the weights read in place."""
@@ -665,7 +681,7 @@ def _pointwise_nhwc(sch: s_tir.Schedule, block, wl: Workload, target: Target, la
     # copy under it and the panel's tiles inside; otherwise panels and tiles are one loop.
     # Zero-padded weights (`_pad_pointwise`) are copied anyway: panel by panel where it can be.
     padded_weights = has_block(sch, "pointwise_filter_pad")
-    pack = padded_weights or (_packs_panels(wl, chunk_rows) and not weights_in_place)
+    pack = padded_weights or (_packs_panels(wl, chunk_rows) and not (weights_in_place or wl.pointwise_panel))
     inner = (c, ji, vec)
     if chunk_rows:
         outer, tiles = _rows_of_a_chunk(sch, (b, i, jo, oo), inner, chunk_rows)

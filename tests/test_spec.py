@@ -1,5 +1,6 @@
 """Argument resolution: TF's padding rule, exhaustively, and every rejected input."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -109,6 +110,17 @@ def test_epilogue_fields():
     assert "bias" not in dw().to_json() and "activation" not in dw().to_json()
     for workload in (wl, sep, dw()):
         assert type(workload).from_json(workload.to_json()) == workload
+
+
+def test_packed_pointwise_weights_field():
+    sep = separable_workload((1, 8, 8, 4), "float32", (3, 3, 4, 1), "float32", (1, 1, 4, 64), "float32",
+                             [1, 1, 1, 1], "SAME")
+    packed = dataclasses.replace(sep, pointwise_panel=16)
+    assert packed.pointwise_shape == (4, 4, 16) and packed.arg_shapes[2] == (4, 4, 16)
+    assert packed.output_shape == sep.output_shape and "panels of 16" in packed.describe()
+    # TF's layout writes the JSON (cache keys, bundles) it wrote before the field existed.
+    assert "pointwise_panel" not in sep.to_json()
+    assert type(packed).from_json(packed.to_json()) == packed != sep
 
 
 @pytest.mark.parametrize("pointwise, words", [

@@ -61,6 +61,11 @@ class Backend(abc.ABC):
     def arithmetic(self, target: Any) -> Any:
         """The target's `compute.Arithmetic`."""
 
+    def pointwise_panel(self, wl: Any, target: Any) -> int:
+        """Output channels per panel of the pointwise weights a prepared layer packs ahead for
+        `wl` on `target` (`Workload.pointwise_panel`), or 0 where it keeps TF's layout."""
+        return 0
+
     def splits_interior(self, target: Any) -> bool:
         """Whether the target's kernels take tests out of their interior tiles (interior.py):
         loops' kernels do (`CPU`); a GPU's tiles are threads, and its schedules were never measured split."""
@@ -274,6 +279,9 @@ class CPU(Backend):
     def schedules(self) -> ModuleType:
         from tvmsep.schedules import llvm
         return llvm
+
+    def pointwise_panel(self, wl: Any, target: Any) -> int:
+        return self.schedules().pointwise_panel(wl, target)
 
     def splits_interior(self, target: Any) -> bool:
         """Always, for the bounds tests: a tile that overhangs branches around each of its

@@ -13,7 +13,8 @@ Shapes, in `Workload.layout` order:
 
     input            NHWC [N, H, W, C]            NCHW [N, C, H, W]
     filter           [KH, KW, C, M]               (TF's layout in both)
-    pointwise_filter [1, 1, C*M, O]
+    pointwise_filter [1, 1, C*M, O], or [O/NR, C*M, NR] packed in panels of NR
+                     output channels (`Workload.pointwise_panel`, a prepared layer's)
     bias             [out channels]               (optional)
     depthwise out    NHWC [N, OH, OW, C*M]        NCHW [N, C*M, OH, OW]
     separable out    NHWC [N, OH, OW, O]          NCHW [N, O, OH, OW]
@@ -156,12 +157,17 @@ def depthwise_compute(x: te.Tensor, f: te.Tensor, wl: Workload, bias: te.Tensor 
 
 
 def _pointwise(mid: te.Tensor, p: te.Tensor, wl: Workload, bias: te.Tensor | None) -> te.Tensor:
-    """out[b, i, j, o] = sum_c mid[b, i, j, c] * p[0, 0, c, o]."""
+    """out[b, i, j, o] = sum_c mid[b, i, j, c] * p[0, 0, c, o], or, its weights packed in
+    panels of NR (`Workload.pointwise_panel`), * p[o // NR, c, o % NR]."""
     acc = accumulation_dtype(wl.dtype)
     c = te.reduce_axis((0, wl.mid_channels), name="c")
+    panel = wl.pointwise_panel
+
+    def weight(o):
+        return (p[o // panel, c, o % panel] if panel else p[0, 0, c, o]).astype(acc)
+
     out = _activation(wl, wl.output_shape,
-                      lambda b, i, j, o: te.sum(mid[wl.axes.arrange(b, i, j, c)].astype(acc)
-                                                * p[0, 0, c, o].astype(acc), axis=c),
+                      lambda b, i, j, o: te.sum(mid[wl.axes.arrange(b, i, j, c)].astype(acc) * weight(o), axis=c),
                       "pointwise", channel="o")
     return _store(out, wl, bias, last=True)
 

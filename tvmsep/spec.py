@@ -109,6 +109,9 @@ class Workload:
     pad_right: int
     bias: bool = False
     activation: str | None = None
+    # Separable only: the pointwise weights packed ahead in panels of this many output channels,
+    # [O / panel, C*M, panel], as a prepared layer holds them (`tvmsep.layer`); 0: TF's [1, 1, C*M, O].
+    pointwise_panel: int = 0
 
     @property
     def mid_channels(self) -> int:
@@ -138,7 +141,10 @@ class Workload:
         return (self.kernel_h, self.kernel_w, self.in_channels, self.multiplier)
 
     @property
-    def pointwise_shape(self) -> tuple[int, int, int, int]:
+    def pointwise_shape(self) -> tuple[int, ...]:
+        """TF's [1, 1, C*M, O], or packed in panels (`pointwise_panel`)."""
+        if self.pointwise_panel:
+            return (self.out_channels // self.pointwise_panel, self.mid_channels, self.pointwise_panel)
         return (1, 1, self.mid_channels, self.out_channels)
 
     @functools.cached_property  # every call of an op reads it
@@ -201,17 +207,20 @@ class Workload:
             extra += " +bias"
         if self.activation:
             extra += f" {self.activation}"
+        if self.pointwise_panel:
+            extra += f" panels of {self.pointwise_panel}"
         op = "dw" if self.op == "depthwise" else "sep"
         return f"{op} {self.layout} {shape} k{kernel} s{stride}{extra} {self.dtype} -> {out}"
 
     def to_json(self) -> dict[str, Any]:
-        """The fields; the epilogue's only when set. Bundles name each kernel's function
-        by a hash of this JSON (`bundle.function_name_for`), so a workload without an
-        epilogue must keep the JSON it had before the epilogue existed: with the
-        default fields written out, every bundle compiled so far would be refused."""
+        """The fields; the later ones (the epilogue's, the packed weights') only when set.
+        Bundles name each kernel's function by a hash of this JSON (`bundle.function_name_for`),
+        and the disk cache keys by it, so a workload without them must keep the JSON it had
+        before they existed: with the default fields written out, every bundle compiled so far
+        would be refused."""
         fields = dataclasses.asdict(self)
-        for name in _EPILOGUE_FIELDS:
-            if fields[name] == _EPILOGUE_FIELDS[name]:
+        for name in _LATER_FIELDS:
+            if fields[name] == _LATER_FIELDS[name]:
                 del fields[name]
         return fields
 
@@ -220,7 +229,7 @@ class Workload:
         return cls(**fields)
 
 
-_EPILOGUE_FIELDS = {"bias": False, "activation": None}  # name -> default
+_LATER_FIELDS = {"bias": False, "activation": None, "pointwise_panel": 0}  # name -> default
 
 
 def split_bias(op: str, arrays: Sequence[Any]) -> tuple[list[Any], Any]:

@@ -4,6 +4,7 @@ import pickle
 
 import numpy as np
 import pytest
+import tvm
 
 import tvmsep
 from tvmsep.reference import separable_reference
@@ -60,6 +61,19 @@ def test_a_layer_matches_the_reference_and_the_op(rng, n):
     assert_close(out, expected, dtype)
     # Only where the weights lie differs: the op's result, to the bit.
     np.testing.assert_array_equal(out, tvmsep.separable_conv2d(x, f, p, strides, padding, **options))
+
+
+def test_a_layer_for_an_avx2_cpu_packs_panels_of_its_width(rng):
+    """Panels follow the target's vectors: 16 lanes of float32 on AVX2 (whose code this CPU runs)."""
+    avx2 = {"kind": "llvm", "mcpu": "haswell", "num-cores": 2}
+    case = CASES[0]
+    x, f, p, bias = _arrays(rng, case)
+    wl = _workload(case, x, f, p, bias)
+    assert pointwise_panel(wl, tvm.target.Target(avx2)) == 16
+    layer = tvmsep.SeparableConv2D(f, p, case[3], case[4], bias=bias, activation="relu6", target=avx2)
+    out = np.full(wl.output_shape, np.nan, np.float32)
+    assert layer(x, out=out) is out
+    assert_close(out, separable_reference(x, f, p, wl, bias), "float32")
 
 
 def test_a_layer_holds_copies_of_its_weights(rng):

@@ -7,7 +7,8 @@ tvmsep's GEMM reads them in that layout on every call. Where their rows are a mu
 of 512 bytes apart it first copies each [C*M, NR] panel into a contiguous buffer, which
 the panel's tiles then read (schedules/llvm.py, `_packs_panels`). A library that builds
 a model from constant weights (LiteRT's XNNPACK, OpenVINO) packs them once, when the
-model is built, and its GEMM streams them in order. For layers whose hand-written GEMM
+model is built, and its GEMM streams them in order (so does `tvmsep.SeparableConv2D`, which
+holds its weights: `Workload.pointwise_panel`). For layers whose hand-written GEMM
 is the panel-outer nest that copies its panels (outputs of 7 rows), this times, on the
 same values, taking turns:
 

@@ -116,7 +116,7 @@ class Dispatcher:
         options = (strides, padding, rate, name, data_format, dilations, activation)
         if target is None and type(input) is np.ndarray and type(filter) is np.ndarray:
             done = self.remembered_numpy_call(("depthwise", input.shape, input.dtype, filter.shape, filter.dtype),
-                                               (input, filter), bias, options, out)
+                                              (input, filter), bias, options, out)
             if done is not None:
                 return done
         return self("depthwise", _arrays((("input", input), ("filter", filter)), bias), options, target, out)
@@ -145,7 +145,7 @@ class Dispatcher:
                                           ("pointwise_filter", pointwise_filter)), bias), options, target, out)
 
     def remembered_numpy_call(self, arrays_key: tuple, arrays: tuple, bias: Any, options: tuple,
-                               out: Any) -> Any:
+                              out: Any) -> Any:
         """The common call, its arrays numpy and its target the default, run straight from the memo
         when `__call__` has seen its argument values; None when it has not, or when a value is not as
         simple as that, and `__call__` takes the call. `arrays_key`: the op, then the shape and dtype

@@ -12,8 +12,9 @@ that needs them. The computation is `tf.nn.separable_conv2d`'s, to the bit: only
 weights lie differs.
 
 Its calls go through the ops' own checks and memo (`dispatch.Dispatcher`); its kernels are
-compiled and cached as the ops' are. They are hand-written: tuning logs are made for the
-op's kernels, which read TF's layout.
+compiled and cached as the ops' are. Where it packs nothing it runs the op's kernel, tuned
+where a log holds one; its packed kernels are hand-written, as the tuning logs hold the
+op's workloads, which read TF's layout.
 """
 
 from __future__ import annotations
@@ -86,15 +87,14 @@ class SeparableConv2D:
         if packed is None:
             panels = self._pointwise.reshape(wl.mid_channels, wl.out_channels // panel, panel)
             packed = self._packed[panel] = _on_a_line(panels.transpose(1, 0, 2))
-        return _PackedWeights(ops.get_kernel(dataclasses.replace(wl, pointwise_panel=panel), target), packed, wl)
+        return _PackedWeights(ops.get_kernel(dataclasses.replace(wl, pointwise_panel=panel), target), packed)
 
 
 class _PackedWeights:
     """A packed workload's kernel, called with the layer's arrays in TF's layouts: the pointwise
-    weights (the third array) are passed packed. `workload` is the call's, in TF's layouts."""
+    weights (the third array) are passed packed."""
 
-    def __init__(self, kernel: runtime.Kernel, packed: np.ndarray, workload: Workload) -> None:
-        self.workload = workload
+    def __init__(self, kernel: runtime.Kernel, packed: np.ndarray) -> None:
         self._kernel = kernel
         self._packed = packed
 

@@ -109,12 +109,14 @@ def test_a_layer_checks_its_input_as_the_op_does(rng):
         tvmsep.SeparableConv2D(f, _NotAnArray(), case[3], case[4])
 
 
-def test_a_layer_pickles_with_its_weights(rng):
+def test_a_layer_pickles_with_its_weights_and_says_what_it_holds(rng):
     case = CASES[1]
     x, f, p, bias = _arrays(rng, case)
     layer = tvmsep.SeparableConv2D(f, p, case[3], case[4], bias=bias, activation="relu6")
     expected = layer(x)
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(layer))(x), expected)
+    assert repr(layer) == ("<tvmsep.SeparableConv2D 3x3x8x2, 1x1x16x256 float16, strides=[1, 2, 2, 1], "
+                           "padding='VALID', +bias, relu6>")
 
 
 class _NotAnArray:

@@ -72,6 +72,13 @@ class SeparableConv2D:
                 return done
         return self._dispatcher("separable", (("input", input), *self._named), self._options, self._target, out)
 
+    def __repr__(self) -> str:
+        shapes = ", ".join("x".join(map(str, a.shape)) for a in (self._depthwise, self._pointwise))
+        strides, padding = self._arguments[:2]
+        return (f"<tvmsep.SeparableConv2D {shapes} {self._depthwise.dtype}, strides={strides!r}, padding={padding!r}"
+                f"{', +bias' if self._bias is not None else ''}"
+                f"{', ' + self._options[-1] if self._options[-1] else ''}>")
+
     def __reduce__(self) -> tuple:
         keywords = dict(bias=self._bias, activation=self._options[-1], target=self._target)
         return _rebuilt, ((self._depthwise, self._pointwise, *self._arguments), keywords)

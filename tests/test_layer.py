@@ -1,4 +1,5 @@
-"""tvmsep.SeparableConv2D, the separable that holds its weights, against the float64 reference and the op."""
+"""tvmsep.DepthwiseConv2D and SeparableConv2D, the ops as layers that hold their weights, against the
+float64 reference and the ops."""
 
 import pickle
 
@@ -7,9 +8,9 @@ import pytest
 import tvm
 
 import tvmsep
-from tvmsep.reference import separable_reference
+from tvmsep.reference import depthwise_reference, separable_reference
 from tvmsep.schedules.llvm import pointwise_panel
-from tvmsep.spec import separable_workload
+from tvmsep.spec import depthwise_workload, separable_workload
 from tvmsep.target import host_target
 
 from conftest import assert_close
@@ -63,6 +64,26 @@ def test_a_layer_matches_the_reference_and_the_op(rng, n):
     np.testing.assert_array_equal(out, tvmsep.separable_conv2d(x, f, p, strides, padding, **options))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+def test_a_depthwise_layer_matches_the_reference_and_the_op(rng, dtype):
+    f = rng.standard_normal((3, 3, 12, 2)).astype(dtype)
+    bias = (3 * rng.standard_normal(24)).astype(dtype)
+    layer = tvmsep.DepthwiseConv2D(f, [1, 2, 2, 1], "SAME", rate=None, bias=bias, activation="relu6")
+    # Inputs of two shapes in turn: each call after the first of a shape takes the layer's short path.
+    for shape in ((1, 9, 11, 12), (2, 16, 7, 12), (1, 9, 11, 12)):
+        x = rng.standard_normal(shape).astype(dtype)
+        wl = depthwise_workload(x.shape, x.dtype, f.shape, f.dtype, [1, 2, 2, 1], "SAME", activation="relu6",
+                                bias=(bias.shape, bias.dtype))
+        expected = depthwise_reference(x, f, wl, bias)
+        out = np.full(wl.output_shape, np.nan, dtype)
+        assert layer(x, out=out) is out
+        assert_close(out, expected, dtype)
+        np.testing.assert_array_equal(
+            layer(x), tvmsep.depthwise_conv2d(x, f, [1, 2, 2, 1], "SAME", bias=bias, activation="relu6"))
+    with pytest.raises(TypeError):  # the short path is keyed by dtype too: this input is checked, and refused
+        layer(x.astype(np.float32 if dtype != "float32" else np.float64))
+
+
 def test_a_layer_for_an_avx2_cpu_packs_panels_of_its_width(rng):
     """Panels follow the target's vectors: 16 lanes of float32 on AVX2 (whose code this CPU runs)."""
     avx2 = {"kind": "llvm", "mcpu": "haswell", "num-cores": 2}
@@ -82,8 +103,11 @@ def test_a_layer_holds_copies_of_its_weights(rng):
     wl = _workload(case, x, f, p, None)
     expected = separable_reference(x, f, p, wl)
     layer = tvmsep.SeparableConv2D(f, p, case[3], case[4])
+    depthwise = tvmsep.DepthwiseConv2D(f, case[3], case[4])
+    expected_depthwise = tvmsep.depthwise_conv2d(x, f, case[3], case[4])
     f[...], p[...] = rng.standard_normal(f.shape), rng.standard_normal(p.shape)  # the caller's arrays change
     assert_close(layer(x), expected, "float32")
+    np.testing.assert_array_equal(depthwise(x), expected_depthwise)
 
 
 def test_a_layer_takes_inputs_of_any_size_its_weights_suit(rng):
@@ -117,6 +141,9 @@ def test_a_layer_pickles_with_its_weights_and_says_what_it_holds(rng):
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(layer))(x), expected)
     assert repr(layer) == ("<tvmsep.SeparableConv2D 3x3x8x2, 1x1x16x256 float16, strides=[1, 2, 2, 1], "
                            "padding='VALID', +bias, relu6>")
+    depthwise = tvmsep.DepthwiseConv2D(f, case[3], case[4], data_format="NHWC")
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(depthwise))(x), depthwise(x))
+    assert repr(depthwise) == "<tvmsep.DepthwiseConv2D 3x3x8x2 float16, strides=[1, 2, 2, 1], padding='VALID'>"
 
 
 class _NotAnArray:

@@ -3,7 +3,7 @@
     import tvmsep
     y = tvmsep.depthwise_conv2d(x, f, strides=[1, 1, 1, 1], padding="SAME")
     z = tvmsep.separable_conv2d(x, f, p, strides=[1, 2, 2, 1], padding="SAME")
-    layer = tvmsep.SeparableConv2D(f, p, strides=[1, 1, 1, 1], padding="SAME")  # weights held, packed once
+    layer = tvmsep.SeparableConv2D(f, p, strides=[1, 1, 1, 1], padding="SAME")  # weights held
     z = layer(x)
     kernels = tvmsep.load("mobilenet_v1.bundle")  # compiled ahead of time
 
@@ -16,15 +16,16 @@ from .version import __version__
 
 configure_thread_pool()  # before TVM starts its pool; see threads.py
 
-__all__ = ["depthwise_conv2d", "separable_conv2d", "SeparableConv2D", "load", "__version__"]
+__all__ = ["depthwise_conv2d", "separable_conv2d", "DepthwiseConv2D", "SeparableConv2D", "load", "__version__"]
 
 
 def __getattr__(name: str):
     if name in ("depthwise_conv2d", "separable_conv2d"):
         from . import ops
         value = getattr(ops, name)
-    elif name == "SeparableConv2D":
-        from .layer import SeparableConv2D as value
+    elif name in ("DepthwiseConv2D", "SeparableConv2D"):
+        from . import layer
+        value = getattr(layer, name)
     elif name == "load":
         from .bundle import load as value
     else:

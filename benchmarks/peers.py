@@ -9,8 +9,8 @@ tvmsep is called as users call it: numpy in, numpy out (and with `out=`).
 Every library gets its inputs on a cache line, as the allocators of torch, TF,
 LiteRT and tvmsep's own results place them; `tvmsep_off_line` is tvmsep's call
 on an input 16 bytes past a line, where numpy puts most large arrays;
-`tvmsep_layer` is a separable as a network holds it, `tvmsep.SeparableConv2D`
-made once from the weights, as the peers build their models from them.
+`tvmsep_layer` is the layer as a network holds it, `tvmsep.DepthwiseConv2D` or
+`SeparableConv2D` made once from the weights, as the peers build their models from them.
 The peers are run as their users run them:
 
 - LiteRT: a model converted by TensorFlow's TFLiteConverter from the TF op on
@@ -282,8 +282,9 @@ def _implementations(layer: Layer, op: str, threads: int, rng, libraries, epilog
         hand = runtime.Kernel(wl, build.compile_module(wl, host_target())["main"], "hand-written")
         hand_out = array_at(np.full(wl.output_shape, np.nan, np.float32), 0)
         off_line = functools.partial(op_call, array_at(x, OFF_LINE_BYTES), *filters, *options, **fused)
-        # The separable as a network holds it: its weights given once, packed (depthwise: nothing to pack).
-        held = ours if p is None else functools.partial(tvmsep.SeparableConv2D(f, p, *options, **fused), x)
+        # The layer as a network holds it: its weights given once (a separable's packed).
+        held = functools.partial(tvmsep.DepthwiseConv2D(f, *options, **fused) if p is None
+                                 else tvmsep.SeparableConv2D(f, p, *options, **fused), x)
         impls.update(tvmsep=(ours, ours), tvmsep_out=(functools.partial(ours, out=out), lambda: out),
                      tvmsep_hand=(lambda: hand.run(inputs, hand_out), lambda: hand_out),
                      tvmsep_off_line=(off_line, off_line), tvmsep_layer=(held, held))
@@ -558,6 +559,7 @@ def main() -> int:
     layered: dict[str, list[float]] = {}
     plotted: dict[str, list[tuple[str, float]]] = {}
     overhead = []
+    overhead_columns = ("tvmsep", "tvmsep_out", "tvmsep_layer", *peers)
     for op in ("depthwise", "separable"):
         for layer in layers:
             key = f"{layer.name} {op}"
@@ -568,7 +570,7 @@ def main() -> int:
             if layer == TINY:
                 overhead.append(f"- {op}: " + ", ".join(
                     f"{c} {shared[key][c] * 1e3:.1f} / {alone[key][c] * 1e3:.1f} us"
-                    for c in ("tvmsep", "tvmsep_out", *peers)))
+                    for c in overhead_columns))
             else:
                 plotted.setdefault(op, []).append((layer.name, ratio))
                 off_line.setdefault(op, []).append(min(_ratio(ms, baselines, "tvmsep_off_line") for ms in modes))
@@ -596,9 +598,8 @@ def main() -> int:
     for op, values in off_line.items():
         summary.append(f"- {op}, tvmsep on an input {OFF_LINE_BYTES} bytes past a cache line "
                        f"(`tvmsep_off_line`): {_geomean(values):.2f}x (lowest {min(values):.2f}x)")
-    if "separable" in layered:
-        values = layered["separable"]
-        summary.append(f"- separable, tvmsep's layer of held weights (`tvmsep_layer`): {_geomean(values):.2f}x "
+    for op, values in layered.items():
+        summary.append(f"- {op}, tvmsep's layer of held weights (`tvmsep_layer`): {_geomean(values):.2f}x "
                        f"(lowest {min(values):.2f}x; tvmsep fastest on {sum(v > 1 for v in values)})")
     summary += ["", "Geometric mean of each peer over tvmsep (all layers above, the less favourable run):", ""]
     for (op, p), values in per_peer.items():
@@ -626,9 +627,9 @@ def main() -> int:
               "and get_tensor, `litert_invoke` invoke alone; every library's inputs start on a cache line, "
               "as the allocators of torch, TF, LiteRT and tvmsep's own results place them, and "
               f"`tvmsep_off_line` is tvmsep's call on an input {OFF_LINE_BYTES} bytes past one, where numpy puts "
-              "most large arrays; `tvmsep_layer` is `tvmsep.SeparableConv2D`, made once from the weights (which "
-              "it packs where the call's GEMM copies them), called with the input alone, as the peers' models "
-              "are (depthwise: the op's call, having nothing to pack); `tvmsep_hand` (with `out=`) is "
+              "most large arrays; `tvmsep_layer` is `tvmsep.DepthwiseConv2D` or `SeparableConv2D`, made once "
+              "from the weights (a separable's packed where the call's GEMM copies them), called with the input "
+              "alone, as the peers' models are; `tvmsep_hand` (with `out=`) is "
               "the hand-written schedule, which differs from tvmsep's where a tuned one is shipped; LiteRT and "
               "OpenVINO get NHWC, ORT and torch NCHW (torch_cl: channels_last), TF NHWC eager. Every "
               "implementation was checked against the float64 reference first.",

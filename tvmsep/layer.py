@@ -21,7 +21,8 @@ The results are the ops', to the bit: only where the weights lie differs. The fi
 an input goes through the ops' own checks (the same errors); kernels are compiled and cached as
 the ops' are. Where a layer packs nothing it runs the op's kernel, tuned where a log holds
 one; packed kernels are hand-written, as the tuning logs hold the op's workloads, which read
-TF's layout.
+TF's layout. A layer keeps the kernels it found: after `ops.forget_kernels` (new tuning logs),
+layers made before it still run the kernels found before it.
 """
 
 from __future__ import annotations

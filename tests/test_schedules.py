@@ -389,3 +389,31 @@ def test_avx2_gemm_tiles_of_every_width_match_the_reference(width, rng):
     out = np.full(wl.output_shape, np.nan, np.float32)
     kernel.run(arrays, out)
     assert_close(out, reference_for(wl, arrays), "float32")
+
+
+@pytest.mark.parametrize("target, panel", [(STRUCTURE, 32), (AVX2, 16), (NEON, 8)])
+def test_packed_pointwise_weights_are_read_in_place_in_panels_of_the_gemm_vector(target, panel):
+    """Where the op's GEMM copies its weight panels on every call (rows 2 KiB apart), a layer packs
+    them ahead in panels of the GEMM's vector (`llvm.pointwise_panel`), and that kernel reads them
+    in place: no copy, and vectors one panel wide, on AVX-512, AVX2 and NEON alike. (A width of 12
+    takes tiles of 6 rows on all three; where the GEMM is padded, its weights are not packed.)"""
+    target = tvm.target.Target(target)
+    wl = separable_workload((1, 12, 12, 512), "float32", (3, 3, 512, 1), "float32", (1, 1, 512, 512), "float32",
+                            [1, 1, 1, 1], "SAME")
+    assert llvm.pointwise_panel(wl, target) == panel
+    packed = dataclasses.replace(wl, pointwise_panel=panel)
+    assert "pointwise_filter_global" in build.hand_schedule(wl, target).mod.script()  # the op's copy
+    script = build.hand_schedule(packed, target).mod.script()
+    assert "pointwise_filter_global" not in script
+    gemm = script.split('T.sblock("pointwise_update")')[0].rsplit("for c in", 1)[1]
+    assert f"T.vectorized({panel})" in gemm
+
+
+def test_a_padded_gemm_packs_no_weights():
+    """pad_einsum takes no packed weights (their index is no einsum), and a padded GEMM copies its
+    zero-padded weights in any case: MobileNetV1's 7x7 GEMM, whose width of 7 AVX2 pads to 8 (its
+    tiles hold 6 rows at most), keeps TF's layout there, and packs on AVX-512 (tiles of 7)."""
+    wl = separable_workload((1, 7, 7, 1024), "float32", (3, 3, 1024, 1), "float32", (1, 1, 1024, 1024), "float32",
+                            [1, 1, 1, 1], "SAME")
+    assert llvm.pointwise_panel(wl, tvm.target.Target(AVX2)) == 0
+    assert llvm.pointwise_panel(wl, STRUCTURE) == 32

@@ -399,9 +399,10 @@ def _packs_panels(wl: Workload, chunk_rows: int) -> bool:
 def pointwise_panel(wl: Workload, target: Target) -> int:
     """The panel a prepared layer packs the pointwise weights in, once, ahead of its calls
     (`Workload.pointwise_panel`): the NHWC GEMM's default vector width, where the call's GEMM
-    copies them panel by panel (`_packs_panels`; not a padded GEMM, whose copy zero-pads
-    them); else 0, and the layer runs the call's kernel, tuned where a log holds one. Where
-    the call reads its weights in place, packing them measured no faster."""
+    copies them panel by panel (`_packs_panels`), else 0, and the layer runs the call's
+    kernel, tuned where a log holds one. Where the call reads its weights in place, packing
+    them measured no faster. Not for a padded GEMM: `pad_einsum` takes no packed weights
+    (their index is no einsum)."""
     if wl.op != "separable" or wl.layout != "NHWC":
         return 0
     lanes = vector_lanes(target, accumulation_dtype(wl.dtype))

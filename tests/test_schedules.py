@@ -410,9 +410,9 @@ def test_packed_pointwise_weights_are_read_in_place_in_panels_of_the_gemm_vector
 
 
 def test_a_padded_gemm_packs_no_weights():
-    """pad_einsum takes no packed weights (their index is no einsum), and a padded GEMM copies its
-    zero-padded weights in any case: MobileNetV1's 7x7 GEMM, whose width of 7 AVX2 pads to 8 (its
-    tiles hold 6 rows at most), keeps TF's layout there, and packs on AVX-512 (tiles of 7)."""
+    """pad_einsum takes no packed weights (their index is no einsum), so a padded GEMM keeps TF's
+    layout: MobileNetV1's 7x7 GEMM, whose width of 7 AVX2 pads to 8 (its tiles hold 6 rows at
+    most), packs nothing there, and packs on AVX-512 (tiles of 7)."""
     wl = separable_workload((1, 7, 7, 1024), "float32", (3, 3, 1024, 1), "float32", (1, 1, 1024, 1024), "float32",
                             [1, 1, 1, 1], "SAME")
     assert llvm.pointwise_panel(wl, tvm.target.Target(AVX2)) == 0

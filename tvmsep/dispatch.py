@@ -12,7 +12,7 @@ tells apart values that compare equal but that the checks treat differently
 so in C, faster than a Python walk over the values. The commonest call, numpy
 arrays and the default target, builds that key from its arguments as they
 come and runs from the memo without the general path's conversions
-(`remembered_numpy_call`): on a small layer the call's Python is most of
+(`_remembered_numpy_call`): on a small layer the call's Python is most of
 its time, so that path makes as few Python calls as it can, and the public
 ops are the Dispatcher's own methods, not functions that pass their
 arguments on.
@@ -115,8 +115,8 @@ class Dispatcher:
         """
         options = (strides, padding, rate, name, data_format, dilations, activation)
         if target is None and type(input) is np.ndarray and type(filter) is np.ndarray:
-            done = self.remembered_numpy_call(("depthwise", input.shape, input.dtype, filter.shape, filter.dtype),
-                                              (input, filter), bias, options, out)
+            done = self._remembered_numpy_call(("depthwise", input.shape, input.dtype, filter.shape, filter.dtype),
+                                               (input, filter), bias, options, out)
             if done is not None:
                 return done
         return self("depthwise", _arrays((("input", input), ("filter", filter)), bias), options, target, out)
@@ -135,7 +135,7 @@ class Dispatcher:
         options = (strides, padding, rate, name, data_format, dilations, activation)
         if target is None and type(input) is np.ndarray and type(depthwise_filter) is np.ndarray \
                 and type(pointwise_filter) is np.ndarray:
-            done = self.remembered_numpy_call(
+            done = self._remembered_numpy_call(
                 ("separable", input.shape, input.dtype, depthwise_filter.shape, depthwise_filter.dtype,
                  pointwise_filter.shape, pointwise_filter.dtype), (input, depthwise_filter, pointwise_filter),
                 bias, options, out)
@@ -144,8 +144,8 @@ class Dispatcher:
         return self("separable", _arrays((("input", input), ("depthwise_filter", depthwise_filter),
                                           ("pointwise_filter", pointwise_filter)), bias), options, target, out)
 
-    def remembered_numpy_call(self, arrays_key: tuple, arrays: tuple, bias: Any, options: tuple,
-                              out: Any) -> Any:
+    def _remembered_numpy_call(self, arrays_key: tuple, arrays: tuple, bias: Any, options: tuple,
+                               out: Any) -> Any:
         """The common call, its arrays numpy and its target the default, run straight from the memo
         when `__call__` has seen its argument values; None when it has not, or when a value is not as
         simple as that, and `__call__` takes the call. `arrays_key`: the op, then the shape and dtype
@@ -218,7 +218,7 @@ class _EmptyBatch:
         return self.run_numpy(inputs, None) if out is None else out
 
     def run_numpy(self, inputs: list[np.ndarray], out: Any) -> np.ndarray | None:
-        """A repeated call's short path (`Dispatcher.remembered_numpy_call`) takes this, as a kernel's;
+        """A repeated call's short path (`Dispatcher._remembered_numpy_call`) takes this, as a kernel's;
         None for an `out` that `runtime.output_array` is to check."""
         if out is None:
             return np.empty(self.workload.output_shape, self.workload.dtype)

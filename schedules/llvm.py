@@ -42,7 +42,9 @@ Pointwise (separable's second stage) is a GEMM, [pixels, C*M] x [C*M, O]:
           acc[mi, :] += mid[mo*MR + mi, c] * w[c, oo*NR:+NR]
       out[mo*MR:+MR, oo*NR:+NR] = acc
 
-reading the weights in place ([C*M, O]: one row of NR per step), unless their
+MR is GEMM_ROWS, or as many rows as the registers hold where a panel ([C*M, NR]) is
+more than half the L1 and so comes from L2 for every tile (`_gemm_rows`). The tiles read
+the weights in place ([C*M, O]: one row of NR per step), unless their
 rows are a multiple of 512 bytes (or a page or more) apart: then a panel's lines
 crowd into a few cache sets and leave the prefetchers behind, so each panel is
 first copied into a contiguous [C*M, NR] buffer under the panel loop, which its
@@ -141,7 +143,8 @@ MAX_UNROLLED_TAPS = 1024
 # Output rows per register block in NCHW depthwise (width is the vector axis).
 DEPTHWISE_ROW_BLOCK = 4
 # GEMM micro-tile: MR rows x NR_VECTORS vectors of accumulators, MR at most what the
-# register file holds beside the weight vectors and the broadcast input (`_gemm_rows`).
+# register file holds beside the weight vectors and the broadcast input, and all it
+# holds where the tile's weight panel outgrows the L1 (`_gemm_rows`).
 GEMM_ROWS = 8
 GEMM_VECTORS = 2
 # Waking the thread pool costs ~5 us; below this much work one core is faster (`_work`).
@@ -179,9 +182,21 @@ def _gemm_row_limit(target: Target, vectors: int) -> int:
     return (BACKENDS["llvm"].vector_registers(target) - vectors - 1) // vectors
 
 
-def _gemm_rows(target: Target, vectors: int) -> int:
-    """Rows of a GEMM tile by default: GEMM_ROWS where they fit (`_gemm_row_limit`)."""
-    return min(GEMM_ROWS, _gemm_row_limit(target, vectors))
+def _gemm_rows(wl: Workload, target: Target, vectors: int, lanes: int, extent: int) -> int:
+    """Rows of a GEMM tile along `extent` by default: GEMM_ROWS where they fit
+    (`_gemm_row_limit`), or the largest divisor of the extent that the registers hold, if
+    larger, where the tile's panel of vectors ([C*M, vectors x lanes]) is more than half the
+    L1. Each tile reads its whole panel, one row of vectors per step; a panel that large
+    does not stay in the L1 between the tiles that read it (their input rows and results
+    pass through it too), so every tile reads it from L2, and taller tiles read it fewer
+    times for the same FMAs. A smaller panel stays in the L1, and there taller tiles
+    measured no faster."""
+    most = _gemm_row_limit(target, vectors)
+    rows = min(GEMM_ROWS, most)
+    panel_bytes = wl.mid_channels * vectors * lanes * tvm.DataType(wl.dtype).bits // 8
+    if 2 * panel_bytes > BACKENDS["llvm"].l1_bytes(target):
+        rows = max(rows, _factor(extent, most))
+    return rows
 
 
 def _gemm_vectors(extent: int, lanes: int) -> int:
@@ -584,7 +599,7 @@ def _gemm_padding(wl: Workload, target: Target, lanes: int) -> tuple[int, int]:
             channels = multiple
             break
     vectors = _gemm_vectors(_round_up(out, channels), lanes)
-    preferred = _gemm_rows(target, vectors)
+    preferred = _gemm_rows(wl, target, vectors, lanes, wl.out_width)
     rows = _block(wl.out_width, preferred)
     if wl.out_width % rows:
         rows = _padded_block(wl.out_width, preferred, _gemm_row_limit(target, vectors))
@@ -648,7 +663,7 @@ def _pointwise(sch: s_tir.Schedule, wl: Workload, target: Target, lanes: int, pa
     `weights_in_place`: as in `_schedule`."""
     # Tiles stay inside one output row: a tile that wrapped rows would make
     # the store's region a bounding box of whole rows.
-    rows = _gemm_rows(target, _gemm_vectors(wl.out_channels, lanes))
+    rows = _gemm_rows(wl, target, _gemm_vectors(wl.out_channels, lanes), lanes, wl.out_width)
     row_block, width, channels = _block(wl.out_width, rows), wl.out_width, wl.out_channels
     if wl.layout == "NHWC" and not chunk_rows:
         row_block, width, channels = _gemm_domain(wl, target, lanes)
@@ -728,7 +743,7 @@ def _pointwise_nchw(sch: s_tir.Schedule, block, wl: Workload, target: Target, la
     unrolled rows. Returns (parallel loop, tile loop, reduction, unrolled rows, vector)."""
     b, o, i, j, c = sch.get_loops(block)
     jo, vec = sch.split(j, [None, _vector_knob(sch, wl.out_width, lanes, GEMM_VECTORS, 4)])
-    rows = _gemm_rows(target, _gemm_vectors(wl.out_width, lanes))
+    rows = _gemm_rows(wl, target, _gemm_vectors(wl.out_width, lanes), lanes, wl.out_channels)
     oo, ji = sch.split(o, [None, _block_knob(sch, wl.out_channels, rows, [4, 6, 8, 12, 16])])
     sch.reorder(b, oo, i, jo, c, ji, vec)
     tile = sch.fuse(b, oo, i, jo)

@@ -44,7 +44,8 @@ def _spaces(wl):
 # whose intermediate is too large for a core's L2, computed chunk by chunk (with a multiplier and an
 # epilogue), pointwise weights whose rows are a multiple of 512 bytes apart, packed panel by panel
 # (7 rows, their weights larger than a core's L2, in float16 and float64 too), 24 output channels
-# padded to 32, and a row-blocked depthwise with a batch, a multiplier, a rate and an epilogue.
+# padded to 32, a one-vector GEMM tile of 10 rows, and a row-blocked depthwise with a batch, a
+# multiplier, a rate and an epilogue.
 SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.layout == "NHWC"] + [
     ("b1-10x12x1-s1-SAME-o20-NHWC-float64",
      separable_workload((1, 10, 10, 12), "float64", (3, 3, 12, 1), "float64", (1, 1, 12, 20), "float64",
@@ -81,6 +82,9 @@ SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.
                         [1, 1, 1, 1], "VALID")),
     ("b1-12x40x1-s1-SAME-o24-NHWC-float32",
      separable_workload((1, 12, 12, 40), "float32", (3, 3, 40, 1), "float32", (1, 1, 40, 24), "float32",
+                        [1, 1, 1, 1], "SAME")),
+    ("b1-10x320x1-s1-SAME-o16-NHWC-float32",  # a one-vector tile as tall as the width (`llvm._gemm_rows`)
+     separable_workload((1, 10, 10, 320), "float32", (3, 3, 320, 1), "float32", (1, 1, 320, 16), "float32",
                         [1, 1, 1, 1], "SAME")),
     # Filters with a single tap row or column, whose loops of one iteration the depthwise's
     # compute_at would drop: a 1x1 one on an intermediate computed chunk by chunk, 1x5 and 7x1.
@@ -396,7 +400,7 @@ def test_packed_pointwise_weights_are_read_in_place_in_panels_of_the_gemm_vector
     """Where the op's GEMM copies its weight panels on every call (rows 2 KiB apart), a layer packs
     them ahead in panels of the GEMM's vector (`llvm.pointwise_panel`), and that kernel reads them
     in place: no copy, and vectors one panel wide, on AVX-512, AVX2 and NEON alike. (A width of 12
-    takes tiles of 6 rows on all three; where the GEMM is padded, its weights are not packed.)"""
+    divides into whole tiles on all three; where the GEMM is padded, its weights are not packed.)"""
     target = tvm.target.Target(target)
     wl = separable_workload((1, 12, 12, 512), "float32", (3, 3, 512, 1), "float32", (1, 1, 512, 512), "float32",
                             [1, 1, 1, 1], "SAME")
@@ -407,6 +411,33 @@ def test_packed_pointwise_weights_are_read_in_place_in_panels_of_the_gemm_vector
     assert "pointwise_filter_global" not in script
     gemm = script.split('T.sblock("pointwise_update")')[0].rsplit("for c in", 1)[1]
     assert f"T.vectorized({panel})" in gemm
+
+
+def _gemm_tile(wl, target) -> tuple[int, int]:
+    """(rows, lanes) of the hand-written NHWC GEMM's register tile: the unrolled and the
+    vectorized loop under its reduction."""
+    script = build.hand_schedule(wl, tvm.target.Target(target)).mod.script()
+    gemm = script.split('T.sblock("pointwise_update")')[0].rsplit("for c in", 1)[1]
+    rows, lanes = re.search(r"T\.unroll\((\d+)\).*?T\.vectorized\((\d+)\)", gemm, re.S).groups()
+    return int(rows), int(lanes)
+
+
+@pytest.mark.parametrize("channels, outputs, target, tile", [
+    (512, 512, STRUCTURE, (14, 32)),  # a panel of 64 KiB: as tall as 32 registers hold
+    (128, 128, STRUCTURE, (7, 32)),   # 16 KiB, half the L1: GEMM_ROWS, a divisor of the width
+    (512, 16, STRUCTURE, (14, 16)),   # one vector: the width itself, under the 30 rows that fit
+    (512, 512, AVX2, (5, 16)),        # 16 registers hold 6 rows at most: 14 padded to 15 (`_gemm_padding`)
+    (1024, 512, NEON, (14, 8)),       # 32 KiB of NEON vectors (8 lanes)
+    (512, 512, NEON, (7, 8)),         # 16 KiB
+])
+def test_gemm_tiles_are_as_tall_as_the_registers_hold_where_their_weight_panel_outgrows_the_l1(
+        channels, outputs, target, tile):
+    """Each GEMM tile reads its whole weight panel ([C*M, NR]); one larger than half the L1 comes
+    from L2 for every tile, so the tiles are then as tall as the register file holds, in a
+    divisor of the width (`llvm._gemm_rows`); smaller panels keep GEMM_ROWS."""
+    wl = separable_workload((1, 14, 14, channels), "float32", (3, 3, channels, 1), "float32",
+                            (1, 1, channels, outputs), "float32", [1, 1, 1, 1], "SAME")
+    assert _gemm_tile(wl, target) == tile
 
 
 def test_a_padded_gemm_packs_no_weights():

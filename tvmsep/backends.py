@@ -346,6 +346,11 @@ class CPU(Backend):
             raise ValueError(f"--cc {compiler}: no such command on PATH")
         super().export(executable, path, target, compiler)
 
+    def l1_bytes(self, target: Any) -> int:
+        """A core's L1 data cache: 32-64 KiB on recent x86 and ARM cores, so the smallest, for the
+        schedules to keep what a loop re-reads there."""
+        return 32 << 10
+
     def core_cache_bytes(self, target: Any) -> int:
         """The cache a core keeps its working set in, its L2: 1-2 MiB on recent x86 cores,
         so the smaller, for the schedules to fit a core's share of an intermediate in."""

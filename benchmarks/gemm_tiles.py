@@ -1,0 +1,107 @@
+"""Separable GEMM tiles as tall as the registers hold, against GEMM_ROWS, on this machine.
+
+    python benchmarks/gemm_tiles.py [--layers v1_07,v2_09] [--layout NHWC] [--output PATH]
+
+Each tile of a separable's pointwise GEMM reads its whole weight panel ([C*M, NR]), one row
+of vectors per step of the reduction. Where that panel is more than half the L1, the
+hand-written schedule makes the tiles as tall as the register file holds (14 rows of two
+vectors with AVX-512), so that the panel, which then comes from L2 for every tile, is read
+half as often (schedules/llvm.py, `_gemm_rows`). For each layer of the public and unseen lists
+whose hand-written schedule the rule changes on this CPU, this times, on the same values,
+taking turns: tvmsep's hand-written kernel as built now (`tall`) and the same schedule with
+the rule switched off (`gemm_rows`: tiles of GEMM_ROWS, or the width's divisor under it),
+each checked against the float64 reference first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tvmsep import build
+from tvmsep.backends import BACKENDS
+from tvmsep.networks import network
+from tvmsep.reference import reference_for, scaled_error
+from tvmsep.spec import Workload
+from tvmsep.target import host_target
+
+from alignment import array_at
+from limits import median_ms_in_turns
+import report
+
+KINDS = ("tall", "gemm_rows")
+
+
+@contextlib.contextmanager
+def _without_the_rule():
+    """Kernels built inside take tiles of GEMM_ROWS, as before the rule: no panel outgrows the L1."""
+    backend = BACKENDS["llvm"]
+    backend.l1_bytes = lambda target: sys.maxsize
+    try:
+        yield
+    finally:
+        del backend.l1_bytes
+
+
+def _changed(wl: Workload) -> bool:
+    """Whether the rule changes `wl`'s hand-written schedule on this CPU."""
+    target = host_target()
+    tall = str(build.hand_schedule(wl, target).trace)
+    with _without_the_rule():
+        return str(build.hand_schedule(wl, target).trace) != tall
+
+
+def time_layer(wl: Workload, rng: np.random.Generator) -> dict[str, float]:
+    """Median microseconds of each of KINDS for `wl`, on the same values, taking turns."""
+    arrays = [array_at(rng.standard_normal(shape).astype(wl.dtype), 0) for shape in wl.arg_shapes]
+    expected = reference_for(wl, arrays)
+    target, calls, keep = host_target(), {}, []
+    for kind, schedule in (("tall", contextlib.nullcontext()), ("gemm_rows", _without_the_rule())):
+        with schedule:
+            executable = build.compile_module(wl, target)
+        keep.append(executable)  # the function needs its module alive
+        out = array_at(np.full(wl.output_shape, np.nan, wl.dtype), 0)
+        executable["main"](*arrays, out)
+        if not scaled_error(out, expected) <= 1e-4:
+            raise SystemExit(f"{wl.describe()}: the {kind} kernel is off the reference")
+        calls[kind] = functools.partial(executable["main"], *arrays, out)
+    return {kind: ms * 1e3 for kind, ms in median_ms_in_turns(calls, 400).items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", help="comma-separated layer names (default: every layer the rule changes)")
+    parser.add_argument("--layout", default="NHWC", choices=["NHWC", "NCHW"])
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    layers = {layer.name: layer for layer in network("public") + network("unseen")}
+    names = args.layers.split(",") if args.layers else list(layers)
+    workloads = {}
+    for name in names:
+        wl = dataclasses.replace(layers[name].workload("separable"), layout=args.layout)
+        if args.layers or _changed(wl):
+            workloads.setdefault(wl, name)  # the five V1 14x14x512 layers are one workload
+    rng = np.random.default_rng(0)
+    mcpu = host_target().attrs["mcpu"]
+    lines = [*report.header(f"Separable GEMM tiles as tall as the registers hold, {args.layout} fp32 ({mcpu})"),
+             "- median us per call, 2 threads, arrays on cache lines: tvmsep's hand-written kernel as built now "
+             "(`tall`: tiles as tall as the registers hold where the weight panel is more than half the L1) "
+             "and with tiles of GEMM_ROWS (`gemm_rows`, the rule switched off); the two take turns in blocks of "
+             "25 calls, in a random order each round, the first 5 of a block not counted", "",
+             "| layer | shape | tall | gemm_rows | gemm_rows / tall |", "|---|---|---|---|---|"]
+    for wl, name in workloads.items():
+        us = time_layer(wl, rng)
+        print(name, " ".join(f"{kind} {us[kind]:.1f}" for kind in KINDS), flush=True)
+        lines.append(f"| {name} | {wl.describe()} | {us['tall']:.1f} | {us['gemm_rows']:.1f} | "
+                     f"{us['gemm_rows'] / us['tall']:.2f}x |")
+    return report.write(lines, f"gemm-tiles{'-nchw' if args.layout == 'NCHW' else ''}", mcpu, args.output)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

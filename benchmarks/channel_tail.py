@@ -16,22 +16,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from tvmsep import build
 from tvmsep.networks import Layer
 from tvmsep.reference import reference_for, scaled_error
 from tvmsep.schedules import llvm
 from tvmsep.target import host_target
 
-from alignment import array_at, placed_result
+from alignment import array_at
 from limits import median_ms_in_turns
 import peers
 import report
+from variants import variant_calls
 
 LAYERS = {layer.name: layer for layer in [
     Layer("c11_56", 1, 56, 11, 1, 22), Layer("c11_112_s2", 1, 112, 11, 2, 22), Layer("c22_56", 1, 56, 22, 1, 44),
@@ -56,16 +55,8 @@ def time_layer(layer: Layer, op: str, rng: np.random.Generator) -> dict[str, flo
     wl = layer.workload(op)
     arrays = [array_at(rng.standard_normal(shape, dtype=np.float32), 0) for shape in wl.arg_shapes]
     expected = reference_for(wl, arrays)
-    target, calls, keep = host_target(), {}, []
-    for kind, schedule in (("tail", contextlib.nullcontext()), ("dividing", _dividing_vectors())):
-        with schedule:
-            executable = build.compile_module(wl, target)
-        keep.append(executable)  # the function needs its module alive
-        out = placed_result(wl.output_shape, arrays[0])
-        executable["main"](*arrays, out)
-        if not scaled_error(out, expected) <= 1e-4:
-            raise SystemExit(f"{layer.name} {op}: the {kind} kernel is off the reference")
-        calls[kind] = functools.partial(executable["main"], *arrays, out)
+    calls, _keep = variant_calls(wl, arrays, expected, {"tail": contextlib.nullcontext(),
+                                                        "dividing": _dividing_vectors()}, f"{layer.name} {op}")
     (set_invoke_get, _), (invoke, output) = peers._litert(layer, wl, *arrays, *([None] if op == "depthwise" else []),
                                                            None, 2)
     set_invoke_get()  # the input stays in the interpreter for `invoke`

@@ -144,7 +144,7 @@ MAX_UNROLLED_TAPS = 1024
 DEPTHWISE_ROW_BLOCK = 4
 # GEMM micro-tile: MR rows x NR_VECTORS vectors of accumulators, MR at most what the
 # register file holds beside the weight vectors and the broadcast input, and all it
-# holds where the tile's weight panel outgrows the L1 (`_gemm_rows`).
+# holds where the tile's weight panel outgrows half the L1 (`_gemm_rows`).
 GEMM_ROWS = 8
 GEMM_VECTORS = 2
 # Waking the thread pool costs ~5 us; below this much work one core is faster (`_work`).

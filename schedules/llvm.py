@@ -52,8 +52,8 @@ tiles then read (`_packs_panels`); a prepared layer's weights come packed so, an
 are read in place (`pointwise_panel`). For other strides the copy only costs. Whether
 the copy saves depends on how fast the core retires the tile's FMAs, so where it is made, the
 same schedule reading the weights in place is a tuning space too (`design_spaces`). For NCHW
-the roles flip: pixels are the vector axis and output channels are broadcast
-from the weights.
+the roles flip: pixels, flattened over the output's rows, are the vector axis and
+output channels are broadcast from the weights.
 
 In NHWC, when the output rows split evenly over the cores, they are first cut
 into one chunk per core, outside the panel loop:
@@ -677,7 +677,7 @@ def _pointwise(sch: s_tir.Schedule, wl: Workload, target: Target, lanes: int, pa
         outer, tile, c, ji, vec = _pointwise_nhwc(sch, block, wl, target, lanes, parallel, chunk_rows,
                                                   (row_block, width, channels), weights_in_place)
     else:
-        outer, tile, c, ji, vec = _pointwise_nchw(sch, block, wl, target, lanes)
+        outer, tile, c, ji, vec = _pointwise_nchw(sch, block, store, wl, target, lanes)
     if parallel:
         sch.parallel(outer)
     sch.vectorize(vec)
@@ -740,13 +740,26 @@ def _chunk_per_core(sch: s_tir.Schedule, loops: tuple, inner: tuple, chunks: int
     return chunk, [row, jo]
 
 
-def _pointwise_nchw(sch: s_tir.Schedule, block, wl: Workload, target: Target, lanes: int) -> tuple:
-    """The NCHW GEMM's loop nest: pixels are the vector axis, output channels the
-    unrolled rows. Returns (parallel loop, tile loop, reduction, unrolled rows, vector)."""
-    b, o, i, j, c = sch.get_loops(block)
-    jo, vec = sch.split(j, [None, _vector_knob(sch, wl.out_width, lanes, GEMM_VECTORS, 4)])
-    rows = _gemm_rows(wl, target, _gemm_vectors(wl.out_width, lanes), lanes, wl.out_channels)
+def _pointwise_nchw(sch: s_tir.Schedule, block, store, wl: Workload, target: Target, lanes: int) -> tuple:
+    """The NCHW GEMM's loop nest: the output's pixels, flattened, are the vector axis, output
+    channels the unrolled rows. A channel's pixels are contiguous in NCHW, so a vector may run
+    across rows (28x28: vectors of 16, where the width alone divides into 4). The GEMM's block,
+    its accumulator and `store` are laid out over the flat pixels, so that a tile's store
+    region is exactly its pixels: over rows and columns, a vector that crosses a row would
+    make it a bounding box of whole rows. Returns (parallel loop, tile loop, reduction,
+    unrolled rows, vector)."""
+    pixels, width = wl.out_height * wl.out_width, wl.out_width
+
+    def flat(b, o, i, j):
+        return b, o, i * width + j
+
+    sch.transform_layout(block, ("write", 0), flat)
+    sch.transform_block_layout(block, lambda b, o, i, j, c: (*flat(b, o, i, j), c))
+    sch.transform_block_layout(store, flat)
+    b, o, p, c = sch.get_loops(block)
+    po, vec = sch.split(p, [None, _vector_knob(sch, pixels, lanes, GEMM_VECTORS, 4)])
+    rows = _gemm_rows(wl, target, _gemm_vectors(pixels, lanes), lanes, wl.out_channels)
     oo, ji = sch.split(o, [None, _block_knob(sch, wl.out_channels, rows, [4, 6, 8, 12, 16])])
-    sch.reorder(b, oo, i, jo, c, ji, vec)
-    tile = sch.fuse(b, oo, i, jo)
+    sch.reorder(b, oo, po, c, ji, vec)
+    tile = sch.fuse(b, oo, po)
     return tile, tile, c, ji, vec

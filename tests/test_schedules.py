@@ -448,3 +448,26 @@ def test_a_padded_gemm_packs_no_weights():
                             [1, 1, 1, 1], "SAME")
     assert llvm.pointwise_panel(wl, tvm.target.Target(AVX2)) == 0
     assert llvm.pointwise_panel(wl, STRUCTURE) == 32
+
+
+@pytest.mark.parametrize("size, channels, outputs, dtype, epilogue, lanes", [
+    (28, 64, 48, "float32", False, 16),  # 784 pixels: vectors of 16 run across rows of 28
+    (10, 24, 40, "float32", True, 4),    # 100 pixels: vectors of 4 across rows of 10, bias and relu6
+    (14, 32, 24, "float16", True, 4),    # float16 summed in float32, stored through a cast
+    (7, 40, 16, "float64", False, 1),    # 49 pixels: no vector divides them
+])
+def test_nchw_pointwise_vectors_run_across_the_output_rows(size, channels, outputs, dtype, epilogue, lanes, rng):
+    """An NCHW separable's GEMM takes its vectors along the output's pixels flattened (a channel's
+    pixels are contiguous), not along its width alone, and its tiles store exactly their pixels:
+    the result matches the reference where vectors cross rows, with an epilogue and a cast."""
+    options = dict(bias=((outputs,), dtype), activation="relu6") if epilogue else {}
+    wl = separable_workload((1, channels, size, size), dtype, (3, 3, channels, 1), dtype, (1, 1, channels, outputs),
+                            dtype, [1, 1, 1, 1], "SAME", data_format="NCHW", **options)
+    script = build.hand_schedule(wl, TARGET).mod.script()
+    gemm = script.split('T.sblock("pointwise_update")')[0].rsplit(" in range(", 1)[1]  # under the reduction
+    vector = re.search(r"T\.vectorized\((\d+)\)", gemm)
+    assert (int(vector.group(1)) if vector else 1) == lanes
+    arrays = [rng.standard_normal(shape).astype(dtype) for shape in wl.arg_shapes]
+    out = np.full(wl.output_shape, np.nan, dtype)
+    Kernel(wl, build.compile_module(wl, TARGET).mod["main"], "test").run(arrays, out)
+    assert_close(out, reference_for(wl, arrays), dtype)

@@ -190,9 +190,9 @@ def _gemm_rows(wl: Workload, target: Target, vectors: int, lanes: int, extent: i
     does not stay in the L1 between the tiles that read it (their input rows and results
     pass through it too), so every tile reads it from L2, and taller tiles read it fewer
     times for the same FMAs. A smaller panel stays in the L1, and there taller tiles
-    measured no faster. The panel is counted in whole registers: NCHW's vectors run along
-    the output's width, often narrower than a register (7 or 14 pixels), and there the
-    taller tiles (of output channels) also keep more accumulators in flight."""
+    measured no faster. The panel is counted in whole registers: NCHW's vectors, along the
+    output's pixels, are often narrower than one (4 lanes for 14x14 pixels, scalars for 7x7),
+    and there the taller tiles (of output channels) also keep more accumulators in flight."""
     most = _gemm_row_limit(target, vectors)
     rows = min(GEMM_ROWS, most)
     panel_bytes = wl.mid_channels * vectors * lanes * tvm.DataType(wl.dtype).bits // 8

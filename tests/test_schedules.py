@@ -304,6 +304,14 @@ def test_a_depthwise_with_a_masked_channel_tail_matches_the_reference(shape, fil
             _check(space, wl, rng)
 
 
+def _gemm_tile(script: str) -> tuple[int, int]:
+    """(rows, lanes) of the hand-written GEMM's register tile in a scheduled module's `script`: the
+    unrolled and the vectorized loop under its reduction, 1 for a loop that is not there."""
+    gemm = script.split('T.sblock("pointwise_update")')[0].rsplit(" in range(", 1)[1]
+    rows, lanes = (re.search(rf"T\.{kind}\((\d+)\)", gemm) for kind in ("unroll", "vectorized"))
+    return int(rows.group(1)) if rows else 1, int(lanes.group(1)) if lanes else 1
+
+
 def test_pointwise_tails_are_padded_out_of_the_gemm_loop():
     """A width with no good row block (11) and channels that are not whole
     vector registers (72) pad the GEMM's domain: no bounds test in its inner
@@ -311,9 +319,10 @@ def test_pointwise_tails_are_padded_out_of_the_gemm_loop():
     padded = dict(SEPARABLE)["b1-11x64x1-s1-SAME-o72-bias-relu6-NHWC-float32"]
     assert _allocations(build.hand_schedule(padded, STRUCTURE).mod)["pointwise_pad_local"] == (1, 1, 6, 16), \
         "11 -> 12 wide in tiles of 6, 72 -> 80 channels in vectors of 16"
-    before, update = build.hand_schedule(padded, STRUCTURE).mod.script().split('T.sblock("pointwise_update")')
+    script = build.hand_schedule(padded, STRUCTURE).mod.script()
+    update = script.split('T.sblock("pointwise_update")')[1]
     assert "T.where" not in update.split("T.sblock(")[0], update
-    assert "T.vectorized(16)" in before.rsplit("for c in", 1)[1], "one vector of 16 channels per row"
+    assert _gemm_tile(script)[1] == 16, "one vector of 16 channels per row"
     fits = dict(SEPARABLE)["b3-6x12x64x1-s1-SAME-o64-NHWC-float32"]
     assert "pad_einsum" not in str(build.hand_schedule(fits, STRUCTURE).trace)
     assert not {"pointwise_pad", "pointwise_pad_local", "pointwise_filter_pad"} & \
@@ -409,17 +418,7 @@ def test_packed_pointwise_weights_are_read_in_place_in_panels_of_the_gemm_vector
     assert "pointwise_filter_global" in build.hand_schedule(wl, target).mod.script()  # the op's copy
     script = build.hand_schedule(packed, target).mod.script()
     assert "pointwise_filter_global" not in script
-    gemm = script.split('T.sblock("pointwise_update")')[0].rsplit("for c in", 1)[1]
-    assert f"T.vectorized({panel})" in gemm
-
-
-def _gemm_tile(wl, target) -> tuple[int, int]:
-    """(rows, lanes) of the hand-written NHWC GEMM's register tile: the unrolled and the
-    vectorized loop under its reduction."""
-    script = build.hand_schedule(wl, tvm.target.Target(target)).mod.script()
-    gemm = script.split('T.sblock("pointwise_update")')[0].rsplit("for c in", 1)[1]
-    rows, lanes = re.search(r"T\.unroll\((\d+)\).*?T\.vectorized\((\d+)\)", gemm, re.S).groups()
-    return int(rows), int(lanes)
+    assert _gemm_tile(script)[1] == panel
 
 
 @pytest.mark.parametrize("channels, outputs, target, tile", [
@@ -437,7 +436,7 @@ def test_gemm_tiles_are_as_tall_as_the_registers_hold_where_their_weight_panel_o
     divisor of the width (`llvm._gemm_rows`); smaller panels keep GEMM_ROWS."""
     wl = separable_workload((1, 14, 14, channels), "float32", (3, 3, channels, 1), "float32",
                             (1, 1, channels, outputs), "float32", [1, 1, 1, 1], "SAME")
-    assert _gemm_tile(wl, target) == tile
+    assert _gemm_tile(build.hand_schedule(wl, tvm.target.Target(target)).mod.script()) == tile
 
 
 def test_a_padded_gemm_packs_no_weights():
@@ -463,10 +462,7 @@ def test_nchw_pointwise_vectors_run_across_the_output_rows(size, channels, outpu
     options = dict(bias=((outputs,), dtype), activation="relu6") if epilogue else {}
     wl = separable_workload((1, channels, size, size), dtype, (3, 3, channels, 1), dtype, (1, 1, channels, outputs),
                             dtype, [1, 1, 1, 1], "SAME", data_format="NCHW", **options)
-    script = build.hand_schedule(wl, TARGET).mod.script()
-    gemm = script.split('T.sblock("pointwise_update")')[0].rsplit(" in range(", 1)[1]  # under the reduction
-    vector = re.search(r"T\.vectorized\((\d+)\)", gemm)
-    assert (int(vector.group(1)) if vector else 1) == lanes
+    assert _gemm_tile(build.hand_schedule(wl, TARGET).mod.script())[1] == lanes
     arrays = [rng.standard_normal(shape).astype(dtype) for shape in wl.arg_shapes]
     out = np.full(wl.output_shape, np.nan, dtype)
     Kernel(wl, build.compile_module(wl, TARGET).mod["main"], "test").run(arrays, out)

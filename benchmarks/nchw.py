@@ -40,10 +40,10 @@ def time_layer(layer: Layer, op: str, rng: np.random.Generator) -> dict[str, flo
     x, *weights = (array_at(rng.standard_normal(shape, dtype=np.float32), 0) for shape in wl.arg_shapes)
     x_nchw = array_at(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), 0)
     call = tvmsep.depthwise_conv2d if op == "depthwise" else tvmsep.separable_conv2d
-    options = [[layer.rate, layer.rate]]
-    calls = {"tvmsep_nchw": functools.partial(call, x_nchw, *weights, nchw.strides, layer.padding, *options,
+    rate = [layer.rate, layer.rate]
+    calls = {"tvmsep_nchw": functools.partial(call, x_nchw, *weights, nchw.strides, layer.padding, rate,
                                               data_format="NCHW"),
-             "tvmsep_nhwc": functools.partial(call, x, *weights, layer.strides, layer.padding, *options)}
+             "tvmsep_nhwc": functools.partial(call, x, *weights, layer.strides, layer.padding, rate)}
     torch_call, torch_result = peers._torch(layer, wl, x_nchw, weights[0], weights[1] if op == "separable" else None,
                                             None, channels_last=False)
     expected = reference_for(wl, [x, *weights])

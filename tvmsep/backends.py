@@ -61,6 +61,11 @@ class Backend(abc.ABC):
     def arithmetic(self, target: Any) -> Any:
         """The target's `compute.Arithmetic`."""
 
+    def compute_layout(self, wl: Any, target: Any) -> str:
+        """The layout `wl`'s kernel computes in on `target` (`compute.prim_func`): its own, or
+        where that computes slowly, another, with its input and result transposed."""
+        return wl.layout
+
     def pointwise_panel(self, wl: Any, target: Any) -> int:
         """Output channels per panel of the pointwise weights a prepared layer packs ahead for
         `wl` on `target` (`Workload.pointwise_panel`), or 0 where it keeps TF's layout."""

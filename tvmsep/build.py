@@ -39,9 +39,10 @@ def schedules_for(target: Target):
 
 
 def workload_module(wl: Workload, target: Target) -> tvm.IRModule:
-    """The unscheduled IRModule in `target`'s arithmetic (`compute.Arithmetic`); tuning records
-    are keyed by it (structurally)."""
-    return tvm.IRModule({"main": prim_func(wl, backend_for(target).arithmetic(target))})
+    """The unscheduled IRModule in `target`'s arithmetic (`compute.Arithmetic`) and layout
+    (`Backend.compute_layout`); tuning records are keyed by it (structurally)."""
+    backend = backend_for(target)
+    return tvm.IRModule({"main": prim_func(wl, backend.arithmetic(target), backend.compute_layout(wl, target))})
 
 
 def tuned_trace(wl: Workload, target: Target) -> Any | None:

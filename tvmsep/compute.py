@@ -7,7 +7,9 @@ Every stage and reduce axis is named so schedules can fetch blocks by name:
     pointwise  the 1x1 channel mix of separable (a GEMM over channels)
     <stage>_epilogue  bias and activation on the op's last stage, then the
                rounding to the output dtype; `<stage>_cast` when only the
-               rounding (float16). Either is the stage that stores the output.
+               rounding (float16). Either is the stage that stores the result.
+    input_nhwc, output_nchw  where an NCHW call is computed in NHWC (`prim_func`'s
+               `layout`): the input transposed to NHWC, and the result back to NCHW
 
 Shapes, in `Workload.layout` order:
 
@@ -179,18 +181,30 @@ def separable_compute(x: te.Tensor, f: te.Tensor, p: te.Tensor, wl: Workload, bi
     return _pointwise(depthwise_compute(x, f, wl, None, arithmetic), p, wl, bias)
 
 
-def prim_func(wl: Workload, arithmetic: Arithmetic) -> "tirx.PrimFunc":
+def prim_func(wl: Workload, arithmetic: Arithmetic, layout: str | None = None) -> "tirx.PrimFunc":
     """The unscheduled PrimFunc for `wl` in the target's `arithmetic`: args are the inputs in
-    call order, then the output."""
+    call order, then the output. `layout`: the layout the convolution is computed in (default:
+    `wl.layout`); where it is another (`Backend.compute_layout`), the input is transposed into it
+    first and the result back into `wl.layout`, which moves every value but computes none."""
     names = ("input", "filter") + (("pointwise_filter",) if wl.op == "separable" else ()) + ("bias",)
     args = [te.placeholder(shape, wl.dtype, name=n) for n, shape in zip(names, wl.arg_shapes)]
     bias = args[-1] if wl.bias else None
+    inner = wl if layout in (None, wl.layout) else dataclasses.replace(wl, layout=layout)
+    x = args[0] if inner is wl else _transposed(args[0], wl, inner, inner.input_shape, "input")
     if wl.op == "depthwise":
-        out = depthwise_compute(args[0], args[1], wl, bias, arithmetic)
+        out = depthwise_compute(x, args[1], inner, bias, arithmetic)
     else:
-        out = separable_compute(args[0], args[1], args[2], wl, bias, arithmetic)
+        out = separable_compute(x, args[1], args[2], inner, bias, arithmetic)
+    if inner is not wl:
+        out = _transposed(out, inner, wl, wl.output_shape, "output")
     func = te.create_prim_func([*args, out]).with_attr("global_symbol", "main")
     return _element_aligned(func, wl.dtype)
+
+
+def _transposed(t: te.Tensor, source: Workload, dest: Workload, shape: tuple[int, ...], name: str) -> te.Tensor:
+    """`t`, an activation in `source`'s layout, in `dest`'s: the stage `<name>_<dest layout>`."""
+    return te.compute(shape, lambda *idx: t[source.axes.arrange(*dest.axes.split(idx))],
+                      name=f"{name}_{dest.layout.lower()}")
 
 
 def _element_aligned(func: tirx.PrimFunc, dtype: str) -> tirx.PrimFunc:

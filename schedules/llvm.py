@@ -32,6 +32,9 @@ hand (benchmarks/results/tuning-*.md).
 
 Depthwise, NCHW (width is contiguous): the same nest with rows of the output
 blocked in registers and the width as the vector axis, parallel over (b, c).
+Where the width gives that nest narrow vectors (a 7x7 or 14x14 output), the NCHW call is
+computed by the NHWC nest instead, between a transpose of the input and one of the
+result; an NCHW separable always is (`compute_layout`).
 
 Pointwise (separable's second stage) is a GEMM, [pixels, C*M] x [C*M, O]:
 
@@ -51,9 +54,7 @@ first copied into a contiguous [C*M, NR] buffer under the panel loop, which its
 tiles then read (`_packs_panels`); a prepared layer's weights come packed so, and
 are read in place (`pointwise_panel`). For other strides the copy only costs. Whether
 the copy saves depends on how fast the core retires the tile's FMAs, so where it is made, the
-same schedule reading the weights in place is a tuning space too (`design_spaces`). For NCHW
-the roles flip: pixels, flattened over the output's rows, are the vector axis and
-output channels are broadcast from the weights.
+same schedule reading the weights in place is a tuning space too (`design_spaces`).
 
 In NHWC, when the output rows split evenly over the cores, they are first cut
 into one chunk per core, outside the panel loop:
@@ -113,6 +114,7 @@ trace with fresh decisions samples the other candidates).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import tvm
@@ -125,7 +127,7 @@ from tvmsep.spec import Workload
 
 from .common import accumulator, explicit_store, has_block, loop_depth, store_once
 
-__all__ = ["schedule", "design_spaces", "vector_lanes", "pointwise_panel"]
+__all__ = ["schedule", "design_spaces", "vector_lanes", "compute_layout", "pointwise_panel"]
 
 # Output pixels per register block in depthwise: WB accumulators plus an
 # input and a filter vector stay well inside 16 (AVX2) or 32 (AVX-512) registers.
@@ -182,22 +184,20 @@ def _gemm_row_limit(target: Target, vectors: int) -> int:
     return (BACKENDS["llvm"].vector_registers(target) - vectors - 1) // vectors
 
 
-def _gemm_rows(wl: Workload, target: Target, vectors: int, lanes: int, extent: int) -> int:
-    """Rows of a GEMM tile along `extent` by default: GEMM_ROWS where they fit
-    (`_gemm_row_limit`), or the largest divisor of the extent that the registers hold, if
+def _gemm_rows(wl: Workload, target: Target, vectors: int, lanes: int) -> int:
+    """Rows of a GEMM tile along the output's width by default: GEMM_ROWS where they fit
+    (`_gemm_row_limit`), or the largest divisor of the width that the registers hold, if
     larger, where the tile's panel of vectors ([C*M, vectors x lanes]) is more than half the
     L1. Each tile reads its whole panel, one row of vectors per step; a panel that large
     does not stay in the L1 between the tiles that read it (their input rows and results
     pass through it too), so every tile reads it from L2, and taller tiles read it fewer
     times for the same FMAs. A smaller panel stays in the L1, and there taller tiles
-    measured no faster. The panel is counted in whole registers: NCHW's vectors, along the
-    output's pixels, are often narrower than one (4 lanes for 14x14 pixels, scalars for 7x7),
-    and there the taller tiles (of output channels) also keep more accumulators in flight."""
+    measured no faster. The panel is counted in whole registers."""
     most = _gemm_row_limit(target, vectors)
     rows = min(GEMM_ROWS, most)
     panel_bytes = wl.mid_channels * vectors * lanes * tvm.DataType(wl.dtype).bits // 8
     if 2 * panel_bytes > BACKENDS["llvm"].l1_bytes(target):
-        rows = max(rows, _factor(extent, most))
+        rows = max(rows, _factor(wl.out_width, most))
     return rows
 
 
@@ -249,7 +249,8 @@ def _vector_knob(sch: s_tir.Schedule, extent: int, lanes: int, registers: int = 
 
 def schedule(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
     """Schedule every stage of `wl`'s PrimFunc in place: the hand-written schedule."""
-    _schedule(sch, wl, target, weights_in_place=False)
+    _schedule(sch, _computed(wl, target), target, weights_in_place=False)
+    _transposes(sch, wl, target)
 
 
 def _schedule(sch: s_tir.Schedule, wl: Workload, target: Target, weights_in_place: bool,
@@ -271,6 +272,15 @@ def _schedule(sch: s_tir.Schedule, wl: Workload, target: Target, weights_in_plac
 
 
 def design_spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_tir.Schedule]:
+    """The tuning spaces, the hand-written schedule first (`_spaces`), of the convolution in the
+    layout it is computed in, each with the same transposes around it where that is not `wl`'s."""
+    spaces = _spaces(sch, _computed(wl, target), target)
+    for space in spaces:
+        _transposes(space, wl, target)
+    return spaces
+
+
+def _spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_tir.Schedule]:
     """The tuning spaces, the hand-written schedule first: its knobs and, for NHWC
     separable, the other of its two structures: the fused one, where each output
     row's depthwise result is computed into a one-row buffer (in L1/L2) right before
@@ -295,13 +305,74 @@ def design_spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_t
         _depthwise(blocked, wl, target, _parallel(wl, target), row_blocks=row_blocks)
         spaces.append(blocked)
     in_place = sch.copy() if separable_nhwc else None
-    schedule(sch, wl, target)
+    _schedule(sch, wl, target, weights_in_place=False)
     if in_place is not None:
         _schedule(in_place, wl, target, weights_in_place=True, chunk_rows=0 if fused_hand else None)
         two_stage = spaces[1] if fused_hand else sch
         if str(in_place.trace) != str(two_stage.trace):  # the two-stage GEMM copies panels
             spaces.append(in_place)
     return spaces
+
+
+def compute_layout(wl: Workload, target: Target) -> str:
+    """The layout `wl` is computed in (`Backend.compute_layout`): NHWC for an NCHW separable,
+    and for an NCHW depthwise whose own nest would take more vector FMAs than the NHWC nest
+    takes plus a value moved for each of the input and the output (the transposes around it).
+
+    The NCHW depthwise's vectors run along the output's width, as wide as a divisor of it
+    allows (7 or 19 columns: one lane), and a stride of two gathers every other input column
+    into them, so its FMAs are taps x outputs x stride / vector; the NHWC nest's vectors run
+    along the channels at the register's width. Timed on every layer of the lists, a value
+    transposed cost about one vector FMA of the NCHW nest, and this count picked the faster
+    of the two or one within a tenth of it on each. A separable is always computed in NHWC:
+    there the NHWC kernel (its GEMM's vectors along the output channels, its tiles, chunks
+    and packed panels) with the transposes was faster on every layer than an NCHW GEMM,
+    whose vectors along the pixels are narrow wherever a channel's pixels are not a multiple
+    of the register (49 in a 7x7 output, 196 in a 14x14)."""
+    if wl.layout == "NHWC" or wl.op == "separable":
+        return "NHWC"
+    lanes = vector_lanes(target, accumulation_dtype(wl.dtype))
+    taps, outputs = wl.kernel_h * wl.kernel_w, math.prod(wl.output_shape)
+    in_place = taps * outputs * wl.stride_w / _vector(wl.out_width, lanes, lanes)
+    transposed = taps * outputs / lanes + math.prod(wl.input_shape) + outputs
+    return "NHWC" if transposed < in_place else wl.layout
+
+
+def _computed(wl: Workload, target: Target) -> Workload:
+    """`wl` in the layout it is computed in (`compute_layout`)."""
+    return dataclasses.replace(wl, layout=compute_layout(wl, target))
+
+
+def _transposes(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
+    """The transposes of an NCHW call computed in NHWC (`compute_layout`), if it is one.
+
+    Each vector is written whole and read as a gather, from lines that the next vectors read
+    too. The input's vectors run along its channels, a row of the output at a time (rows in
+    parallel, each core writing its own). The output's run along the pixels, flattened, where
+    those are a multiple of the register (every channel of a block of pixels in turn, so that
+    the block's lines of the NHWC result are read once); elsewhere (7x7) along the channels,
+    each core writing its own channels, as cores writing one line would take it in turns."""
+    if not has_block(sch, "output_nchw"):
+        return
+    lanes, parallel = vector_lanes(target, wl.dtype), _parallel(wl, target)
+    b, i, j, c = sch.get_loops(sch.get_sblock("input_nhwc"))
+    co, ci = sch.split(c, [None, _vector(wl.in_channels, lanes, lanes)])
+    sch.reorder(b, i, co, j, ci)
+    outer, vector = sch.fuse(b, i), ci
+    b, c, i, j = sch.get_loops(sch.get_sblock("output_nchw"))
+    pixels = wl.out_height * wl.out_width
+    po, pi = sch.split(sch.fuse(i, j), [None, _vector(pixels, lanes, lanes)])
+    if pixels % lanes == 0:
+        sch.reorder(b, po, c, pi)
+        loops = [(outer, vector), (sch.fuse(b, po), pi)]
+    else:
+        co, ci = sch.split(c, [None, _vector(wl.out_channels, lanes, lanes)])
+        sch.reorder(b, co, po, pi, ci)
+        loops = [(outer, vector), (sch.fuse(b, co), ci)]
+    for outer, vector in loops:
+        if parallel:
+            sch.parallel(outer)
+        sch.vectorize(vector)
 
 
 def _schedule_chunked(sch: s_tir.Schedule, wl: Workload, target: Target, rows: int,
@@ -601,7 +672,7 @@ def _gemm_padding(wl: Workload, target: Target, lanes: int) -> tuple[int, int]:
             channels = multiple
             break
     vectors = _gemm_vectors(_round_up(out, channels), lanes)
-    preferred = _gemm_rows(wl, target, vectors, lanes, wl.out_width)
+    preferred = _gemm_rows(wl, target, vectors, lanes)
     rows = _block(wl.out_width, preferred)
     if wl.out_width % rows:
         rows = _padded_block(wl.out_width, preferred, _gemm_row_limit(target, vectors))
@@ -660,24 +731,22 @@ def _by_input_channel(sch: s_tir.Schedule, block, multiplier: int) -> None:
 
 def _pointwise(sch: s_tir.Schedule, wl: Workload, target: Target, lanes: int, parallel: bool,
                chunk_rows: int = 0, weights_in_place: bool = False):
-    """Returns the parallel loop; with `chunk_rows` (NHWC only), it runs over chunks
-    of that many output rows and each chunk's tiles are a serial loop inside it.
-    `weights_in_place`: as in `_schedule`."""
-    # Tiles stay inside one output row: a tile that wrapped rows would make
-    # the store's region a bounding box of whole rows.
-    rows = _gemm_rows(wl, target, _gemm_vectors(wl.out_channels, lanes), lanes, wl.out_width)
-    row_block, width, channels = _block(wl.out_width, rows), wl.out_width, wl.out_channels
-    if wl.layout == "NHWC" and not chunk_rows:
-        row_block, width, channels = _gemm_domain(wl, target, lanes)
-    if (width, channels) == (wl.out_width, wl.out_channels):
+    """The GEMM, NHWC (an NCHW separable is computed in NHWC: `compute_layout`). Returns the
+    parallel loop; with `chunk_rows`, it runs over chunks of that many output rows and each
+    chunk's tiles are a serial loop inside it. `weights_in_place`: as in `_schedule`."""
+    if chunk_rows:
+        # Tiles stay inside one output row: a tile that wrapped rows would make
+        # the store's region a bounding box of whole rows.
+        rows = _gemm_rows(wl, target, _gemm_vectors(wl.out_channels, lanes), lanes)
+        domain = (_block(wl.out_width, rows), wl.out_width, wl.out_channels)
+    else:
+        domain = _gemm_domain(wl, target, lanes)
+    if domain[1:] == (wl.out_width, wl.out_channels):
         block, store = accumulator(sch, "pointwise")
     else:
-        block, store = sch.get_sblock("pointwise"), _pad_pointwise(sch, (width, channels))
-    if wl.layout == "NHWC":
-        outer, tile, c, ji, vec = _pointwise_nhwc(sch, block, wl, target, lanes, parallel, chunk_rows,
-                                                  (row_block, width, channels), weights_in_place)
-    else:
-        outer, tile, c, ji, vec = _pointwise_nchw(sch, block, store, wl, target, lanes)
+        block, store = sch.get_sblock("pointwise"), _pad_pointwise(sch, domain[1:])
+    outer, tile, c, ji, vec = _pointwise_nhwc(sch, block, wl, target, lanes, parallel, chunk_rows, domain,
+                                              weights_in_place)
     if parallel:
         sch.parallel(outer)
     sch.vectorize(vec)
@@ -738,28 +807,3 @@ def _chunk_per_core(sch: s_tir.Schedule, loops: tuple, inner: tuple, chunks: int
     chunk, row = sch.split(sch.fuse(b, i), [chunks, None])
     sch.reorder(chunk, oo, row, jo, *inner)
     return chunk, [row, jo]
-
-
-def _pointwise_nchw(sch: s_tir.Schedule, block, store, wl: Workload, target: Target, lanes: int) -> tuple:
-    """The NCHW GEMM's loop nest: the output's pixels, flattened, are the vector axis, output
-    channels the unrolled rows. A channel's pixels are contiguous in NCHW, so a vector may run
-    across rows (28x28: vectors of 16, where the width alone divides into 4). The GEMM's block,
-    its accumulator and `store` are laid out over the flat pixels, so that a tile's store
-    region is exactly its pixels: over rows and columns, a vector that crosses a row would
-    make it a bounding box of whole rows. Returns (parallel loop, tile loop, reduction,
-    unrolled rows, vector)."""
-    pixels, width = wl.out_height * wl.out_width, wl.out_width
-
-    def flat(b, o, i, j):
-        return b, o, i * width + j
-
-    sch.transform_layout(block, ("write", 0), flat)
-    sch.transform_block_layout(block, lambda b, o, i, j, c: (*flat(b, o, i, j), c))
-    sch.transform_block_layout(store, flat)
-    b, o, p, c = sch.get_loops(block)
-    po, vec = sch.split(p, [None, _vector_knob(sch, pixels, lanes, GEMM_VECTORS, 4)])
-    rows = _gemm_rows(wl, target, _gemm_vectors(pixels, lanes), lanes, wl.out_channels)
-    oo, ji = sch.split(o, [None, _block_knob(sch, wl.out_channels, rows, [4, 6, 8, 12, 16])])
-    sch.reorder(b, oo, po, c, ji, vec)
-    tile = sch.fuse(b, oo, po)
-    return tile, tile, c, ji, vec

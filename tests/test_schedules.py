@@ -96,14 +96,21 @@ SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.
                         [1, 1, 1, 1], "SAME")),
     ("b1-12x40x1-k7x1-s1-SAME-o24-NHWC-float32",
      separable_workload((1, 12, 12, 40), "float32", (7, 1, 40, 1), "float32", (1, 1, 40, 24), "float32",
-                        [1, 1, 1, 1], "SAME"))]
+                        [1, 1, 1, 1], "SAME")),
+    # NCHW, computed in NHWC between two transposes (`llvm.compute_layout`): its spaces are NHWC's.
+    ("b2-7x24x1-s1-SAME-o40-bias-relu-NCHW-float32",
+     separable_workload((2, 24, 7, 7), "float32", (3, 3, 24, 1), "float32", (1, 1, 24, 40), "float32",
+                        [1, 1, 1, 1], "SAME", data_format="NCHW", bias=((40,), "float32"), activation="relu"))]
 ROW_BLOCKED = [(name, wl) for name, wl in matrix()
                if wl.op == "depthwise" and wl.layout == "NHWC" and len(_spaces(wl)) == 2] + [
     ("b2-12x6x2-s1-SAME-r2-bias-relu6-NHWC-float32",
      depthwise_workload((2, 12, 12, 6), "float32", (3, 3, 6, 2), "float32", [1, 1, 1, 1], "SAME", rate=[2, 2],
                         bias=((12,), "float32"), activation="relu6")),
     ("b1-14x512x1-s1-SAME-NHWC-float32",  # two vectors per pixel on AVX-512 (`llvm._depthwise_vectors`)
-     depthwise_workload((1, 14, 14, 512), "float32", (3, 3, 512, 1), "float32", [1, 1, 1, 1], "SAME"))]
+     depthwise_workload((1, 14, 14, 512), "float32", (3, 3, 512, 1), "float32", [1, 1, 1, 1], "SAME")),
+    ("b1-14x40x1-s1-SAME-NCHW-float32",  # computed in NHWC (`llvm.compute_layout`)
+     depthwise_workload((1, 40, 14, 14), "float32", (3, 3, 40, 1), "float32", [1, 1, 1, 1], "SAME",
+                        data_format="NCHW"))]
 
 
 def _check(sch, wl, rng):
@@ -197,9 +204,11 @@ def test_an_intermediate_too_large_for_l2_is_computed_chunk_by_chunk():
 
 
 def test_other_layouts_and_shapes_have_one_space():
-    """NCHW has one structure; NHWC depthwise blocks rows only in whole blocks, two or more per core."""
-    for op in ("separable", "depthwise"):
-        assert len(_spaces(next(wl for _, wl in matrix() if wl.op == op and wl.layout == "NCHW"))) == 1
+    """A depthwise computed in NCHW has one structure; NHWC depthwise blocks rows only in whole
+    blocks, two or more per core."""
+    nchw = next(wl for _, wl in matrix() if wl.op == "depthwise" and wl.layout == "NCHW" and wl.out_width == 56)
+    assert llvm.compute_layout(nchw, TARGET) == "NCHW"
+    assert len(_spaces(nchw)) == 1
     odd_height = next(wl for _, wl in matrix() if wl.op == "depthwise" and wl.out_height == 11)
     assert len(_spaces(odd_height)) == 1
 
@@ -449,20 +458,58 @@ def test_a_padded_gemm_packs_no_weights():
     assert llvm.pointwise_panel(wl, STRUCTURE) == 32
 
 
-@pytest.mark.parametrize("size, channels, outputs, dtype, epilogue, lanes", [
-    (28, 64, 48, "float32", False, 16),  # 784 pixels: vectors of 16 run across rows of 28
-    (10, 24, 40, "float32", True, 4),    # 100 pixels: vectors of 4 across rows of 10, bias and relu6
-    (14, 32, 24, "float16", True, 4),    # float16 summed in float32, stored through a cast
-    (7, 40, 16, "float64", False, 1),    # 49 pixels: no vector divides them
+@pytest.mark.parametrize("op, size, stride, target, layout", [
+    ("separable", 112, 1, STRUCTURE, "NHWC"),  # every separable
+    ("separable", 7, 1, AVX2, "NHWC"),
+    ("depthwise", 112, 1, STRUCTURE, "NCHW"),  # vectors of 16 along the width
+    ("depthwise", 56, 1, STRUCTURE, "NCHW"),   # of 8
+    ("depthwise", 28, 1, STRUCTURE, "NCHW"),   # of 4: 9 taps a vector FMA each beat two transposes
+    ("depthwise", 28, 2, STRUCTURE, "NHWC"),   # of 2 over every other input column: gathers
+    ("depthwise", 14, 1, STRUCTURE, "NHWC"),   # of 2
+    ("depthwise", 7, 1, STRUCTURE, "NHWC"),    # scalars
+    ("depthwise", 28, 1, AVX2, "NCHW"),        # of 4 where a register holds 8
+    ("depthwise", 14, 1, AVX2, "NHWC"),
 ])
-def test_nchw_pointwise_vectors_run_across_the_output_rows(size, channels, outputs, dtype, epilogue, lanes, rng):
-    """An NCHW separable's GEMM takes its vectors along the output's pixels flattened (a channel's
-    pixels are contiguous), not along its width alone, and its tiles store exactly their pixels:
-    the result matches the reference where vectors cross rows, with an epilogue and a cast."""
-    options = dict(bias=((outputs,), dtype), activation="relu6") if epilogue else {}
-    wl = separable_workload((1, channels, size, size), dtype, (3, 3, channels, 1), dtype, (1, 1, channels, outputs),
-                            dtype, [1, 1, 1, 1], "SAME", data_format="NCHW", **options)
-    assert _gemm_tile(build.hand_schedule(wl, TARGET).mod.script())[1] == lanes
+def test_an_nchw_call_is_computed_in_nhwc_where_the_nchw_nest_would_be_narrow(op, size, stride, target, layout):
+    """`llvm.compute_layout`: a 3x3 NCHW depthwise keeps its own nest while its vectors along the
+    width take fewer FMAs than the NHWC nest and the transposes' moves; a separable is computed in
+    NHWC. The module then transposes the input and the result around the NHWC stages."""
+    channels, target = 64, tvm.target.Target(target)
+    options = dict(data_format="NCHW", strides=[1, 1, stride, stride], padding="SAME")
+    if op == "depthwise":
+        wl = depthwise_workload((1, channels, size, size), "float32", (3, 3, channels, 1), "float32", **options)
+    else:
+        wl = separable_workload((1, channels, size, size), "float32", (3, 3, channels, 1), "float32",
+                                (1, 1, channels, 32), "float32", **options)
+    assert llvm.compute_layout(wl, target) == layout
+    script = build.workload_module(wl, target).script()
+    assert ('"input_nhwc"' in script and '"output_nchw"' in script) == (layout == "NHWC")
+
+
+@pytest.mark.parametrize("op, size, channels, multiplier, dtype, stride, padding, epilogue", [
+    ("separable", 7, 40, 1, "float32", 1, "SAME", True),     # 49 pixels: output vectors along the channels
+    ("separable", 8, 24, 2, "float16", 1, "SAME", False),    # 64 pixels: along the pixels; float16's cast
+    ("separable", 14, 11, 1, "float64", 2, "VALID", False),  # channels no vector divides
+    ("depthwise", 7, 96, 1, "float32", 1, "SAME", True),
+    ("depthwise", 19, 20, 2, "float64", 1, "SAME", False),   # a multiplier, 361 pixels
+    ("depthwise", 16, 48, 1, "float16", 2, "VALID", True),
+])
+def test_nchw_calls_computed_in_nhwc_match_the_reference(op, size, channels, multiplier, dtype, stride, padding,
+                                                          epilogue, rng):
+    """An NCHW call computed in NHWC (`llvm.compute_layout`) gives the reference's result: the
+    input's and the result's transposes, vectorized along either axis, with an epilogue, a
+    multiplier, float16 and float64, a stride, a batch of two (the output is poisoned)."""
+    options = dict(data_format="NCHW", strides=[1, 1, stride, stride], padding=padding)
+    mid = channels * multiplier
+    if epilogue:
+        outputs = 32 if op == "separable" else mid
+        options.update(bias=((outputs,), dtype), activation="relu6")
+    shapes = [(2, channels, size, size), dtype, (3, 3, channels, multiplier), dtype]
+    if op == "depthwise":
+        wl = depthwise_workload(*shapes, **options)
+    else:
+        wl = separable_workload(*shapes, (1, 1, mid, 32), dtype, **options)
+    assert llvm.compute_layout(wl, TARGET) == "NHWC"
     arrays = [rng.standard_normal(shape).astype(dtype) for shape in wl.arg_shapes]
     out = np.full(wl.output_shape, np.nan, dtype)
     Kernel(wl, build.compile_module(wl, TARGET).mod["main"], "test").run(arrays, out)

@@ -285,6 +285,9 @@ class CPU(Backend):
         from tvmsep.schedules import llvm
         return llvm
 
+    def compute_layout(self, wl: Any, target: Any) -> str:
+        return self.schedules().compute_layout(wl, target)
+
     def pointwise_panel(self, wl: Any, target: Any) -> int:
         return self.schedules().pointwise_panel(wl, target)
 

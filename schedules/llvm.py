@@ -490,9 +490,10 @@ def pointwise_panel(wl: Workload, target: Target) -> int:
     copies them panel by panel (`_packs_panels`), else 0, and the layer runs the call's
     kernel, tuned where a log holds one. Where the call reads its weights in place, packing
     them measured no faster. Not for a padded GEMM: `pad_einsum` takes no packed weights
-    (their index is no einsum)."""
-    if wl.op != "separable" or wl.layout != "NHWC":
+    (their index is no einsum). An NCHW call's GEMM is the NHWC one (`compute_layout`)."""
+    if wl.op != "separable":
         return 0
+    wl = _computed(wl, target)
     lanes = vector_lanes(target, accumulation_dtype(wl.dtype))
     if _pads_gemm(wl, target, lanes) or not _packs_panels(wl, _chunk_rows(wl, target, lanes)):
         return 0

@@ -24,7 +24,9 @@ CASES = [
     ((1, 6, 6, 8), (3, 3, 8, 1), (1, 1, 8, 64), [1, 1, 1, 1], [[0, 0], [1, 2], [0, 1], [0, 0]], "NHWC", "float64",
      False, True),
     ((2, 8, 8, 64), (3, 3, 64, 1), (1, 1, 64, 128), [1, 1, 1, 1], "SAME", "NHWC", "float32", True, None),
-    # Kept in TF's layout: a GEMM of one panel, a padded GEMM, NCHW.
+    # NCHW, whose GEMM is NHWC's (`llvm.compute_layout`).
+    ((1, 16, 4, 4), (3, 3, 16, 1), (1, 1, 16, 128), [1, 1, 1, 1], "SAME", "NCHW", "float32", True, True),
+    # Kept in TF's layout: a GEMM of one panel, a padded GEMM, rows of 256 bytes.
     ((1, 8, 8, 8), (3, 3, 8, 1), (1, 1, 8, 16), [1, 1, 1, 1], "SAME", "NHWC", "float32", False, False),
     ((1, 19, 19, 16), (3, 3, 16, 1), (1, 1, 16, 40), [1, 1, 1, 1], "SAME", "NHWC", "float32", True, False),
     ((1, 16, 9, 9), (3, 3, 16, 1), (1, 1, 16, 64), [1, 1, 1, 1], "SAME", "NCHW", "float32", False, False),

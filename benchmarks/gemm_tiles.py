@@ -1,6 +1,6 @@
 """Separable GEMM tiles as tall as the registers hold, against GEMM_ROWS, on this machine.
 
-    python benchmarks/gemm_tiles.py [--layers v1_07,v2_09] [--layout NHWC] [--output PATH]
+    python benchmarks/gemm_tiles.py [--layers v1_07,v2_09] [--output PATH]
 
 Each tile of a separable's pointwise GEMM reads its whole weight panel ([C*M, NR]), one row
 of vectors per step of the reduction. Where that panel is more than half the L1, the
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -68,19 +67,18 @@ def time_layer(wl: Workload, rng: np.random.Generator) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", help="comma-separated layer names (default: every layer the rule changes)")
-    parser.add_argument("--layout", default="NHWC", choices=["NHWC", "NCHW"])
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     layers = {layer.name: layer for layer in network("public") + network("unseen")}
     names = args.layers.split(",") if args.layers else list(layers)
     workloads = {}
     for name in names:
-        wl = dataclasses.replace(layers[name].workload("separable"), layout=args.layout)
+        wl = layers[name].workload("separable")
         if args.layers or _changed(wl):
             workloads.setdefault(wl, name)  # the five V1 14x14x512 layers are one workload
     rng = np.random.default_rng(0)
     mcpu = host_target().attrs["mcpu"]
-    lines = [*report.header(f"Separable GEMM tiles as tall as the registers hold, {args.layout} fp32 ({mcpu})"),
+    lines = [*report.header(f"Separable GEMM tiles as tall as the registers hold, NHWC fp32 ({mcpu})"),
              "- median us per call, 2 threads, arrays on cache lines, the result placed as tvmsep places its own: "
              "tvmsep's hand-written kernel as built now "
              "(`tall`: tiles as tall as the registers hold where the weight panel is more than half the L1) "
@@ -92,7 +90,7 @@ def main() -> int:
         print(name, " ".join(f"{kind} {us[kind]:.1f}" for kind in KINDS), flush=True)
         lines.append(f"| {name} | {wl.describe()} | {us['tall']:.1f} | {us['gemm_rows']:.1f} | "
                      f"{us['gemm_rows'] / us['tall']:.2f}x |")
-    return report.write(lines, f"gemm-tiles{'-nchw' if args.layout == 'NCHW' else ''}", mcpu, args.output)
+    return report.write(lines, "gemm-tiles", mcpu, args.output)
 
 
 if __name__ == "__main__":

@@ -316,24 +316,27 @@ def _spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_tir.Sch
 
 def compute_layout(wl: Workload, target: Target) -> str:
     """The layout `wl` is computed in (`Backend.compute_layout`): NHWC for an NCHW separable,
-    and for an NCHW depthwise whose own nest would take more vector FMAs than the NHWC nest
+    and for an NCHW depthwise whose own nest would take more instructions than the NHWC nest
     takes plus a value moved for each of the input and the output (the transposes around it).
 
     The NCHW depthwise's vectors run along the output's width, as wide as a divisor of it
     allows (7 or 19 columns: one lane), and a stride of two gathers every other input column
-    into them, so its FMAs are taps x outputs x stride / vector; the NHWC nest's vectors run
-    along the channels at the register's width. Timed on every layer of the lists, a value
-    transposed cost about one vector FMA of the NCHW nest, and this count picked the faster
-    of the two or one within a tenth of it on each. A separable is always computed in NHWC:
-    there the NHWC kernel (its GEMM's vectors along the output channels, its tiles, chunks
-    and packed panels) with the transposes was faster on every layer than an NCHW GEMM,
-    whose vectors along the pixels are narrow wherever a channel's pixels are not a multiple
-    of the register (49 in a 7x7 output, 196 in a 14x14)."""
+    into them, so it takes taps x outputs x stride / vector FMAs; where the FMA takes no mask
+    (AVX2, NEON: `compute.Arithmetic`), each of those is an FMA and a select of the weight. The
+    NHWC nest's vectors run along the channels at the register's width, and its interior tiles
+    test nothing. Timed on every layer of the lists, a value transposed cost about one FMA of
+    the NCHW nest, and this count picked the faster of the two or one within a tenth on each,
+    with AVX-512 and with AVX2 (whose NCHW nest took about twice as long a tap). A separable is
+    always computed in NHWC: there the NHWC kernel (its GEMM's vectors along the output
+    channels, its tiles, chunks and packed panels) with the transposes was faster on every
+    layer than an NCHW GEMM, whose vectors along the pixels are narrow wherever a channel's
+    pixels are not a multiple of the register (49 in a 7x7 output, 196 in a 14x14)."""
     if wl.layout == "NHWC" or wl.op == "separable":
         return "NHWC"
     lanes = vector_lanes(target, accumulation_dtype(wl.dtype))
+    per_tap = 1 if BACKENDS["llvm"].arithmetic(target).masked_fma else 2
     taps, outputs = wl.kernel_h * wl.kernel_w, math.prod(wl.output_shape)
-    in_place = taps * outputs * wl.stride_w / _vector(wl.out_width, lanes, lanes)
+    in_place = per_tap * taps * outputs * wl.stride_w / _vector(wl.out_width, lanes, lanes)
     transposed = taps * outputs / lanes + math.prod(wl.input_shape) + outputs
     return "NHWC" if transposed < in_place else wl.layout
 

@@ -467,13 +467,13 @@ def test_a_padded_gemm_packs_no_weights():
     ("depthwise", 28, 2, STRUCTURE, "NHWC"),   # of 2 over every other input column: gathers
     ("depthwise", 14, 1, STRUCTURE, "NHWC"),   # of 2
     ("depthwise", 7, 1, STRUCTURE, "NHWC"),    # scalars
-    ("depthwise", 28, 1, AVX2, "NCHW"),        # of 4 where a register holds 8
-    ("depthwise", 14, 1, AVX2, "NHWC"),
+    ("depthwise", 56, 1, AVX2, "NCHW"),        # of 8, a register
+    ("depthwise", 28, 1, AVX2, "NHWC"),        # of 4, each tap a select and an FMA (no masks)
 ])
 def test_an_nchw_call_is_computed_in_nhwc_where_the_nchw_nest_would_be_narrow(op, size, stride, target, layout):
     """`llvm.compute_layout`: a 3x3 NCHW depthwise keeps its own nest while its vectors along the
-    width take fewer FMAs than the NHWC nest and the transposes' moves; a separable is computed in
-    NHWC. The module then transposes the input and the result around the NHWC stages."""
+    width take fewer instructions than the NHWC nest and the transposes' moves; a separable is
+    computed in NHWC. The module then transposes the input and the result around the NHWC stages."""
     channels, target = 64, tvm.target.Target(target)
     options = dict(data_format="NCHW", strides=[1, 1, stride, stride], padding="SAME")
     if op == "depthwise":

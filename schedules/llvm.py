@@ -354,28 +354,43 @@ def _transposes(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
     parallel, each core writing its own). The output's run along the pixels, flattened, where
     those are a multiple of the register (every channel of a block of pixels in turn, so that
     the block's lines of the NHWC result are read once); elsewhere (7x7) along the channels,
-    each core writing its own channels, as cores writing one line would take it in turns."""
+    each core writing its own channels, as cores writing one line would take it in turns.
+    A separable's result larger than a core's L2 is not transposed apart: its GEMM tiles store
+    their vectors of channels straight into the NCHW output, each lane to its own channel
+    (`_stores_transposed`)."""
     if not has_block(sch, "output_nchw"):
         return
     lanes, parallel = vector_lanes(target, wl.dtype), _parallel(wl, target)
     b, i, j, c = sch.get_loops(sch.get_sblock("input_nhwc"))
     co, ci = sch.split(c, [None, _vector(wl.in_channels, lanes, lanes)])
     sch.reorder(b, i, co, j, ci)
-    outer, vector = sch.fuse(b, i), ci
-    b, c, i, j = sch.get_loops(sch.get_sblock("output_nchw"))
-    pixels = wl.out_height * wl.out_width
-    po, pi = sch.split(sch.fuse(i, j), [None, _vector(pixels, lanes, lanes)])
-    if pixels % lanes == 0:
-        sch.reorder(b, po, c, pi)
-        loops = [(outer, vector), (sch.fuse(b, po), pi)]
+    loops = [(sch.fuse(b, i), ci)]
+    if _stores_transposed(wl, target):
+        sch.reverse_compute_inline(sch.get_sblock("output_nchw"))
     else:
-        co, ci = sch.split(c, [None, _vector(wl.out_channels, lanes, lanes)])
-        sch.reorder(b, co, po, pi, ci)
-        loops = [(outer, vector), (sch.fuse(b, co), ci)]
+        b, c, i, j = sch.get_loops(sch.get_sblock("output_nchw"))
+        pixels = wl.out_height * wl.out_width
+        po, pi = sch.split(sch.fuse(i, j), [None, _vector(pixels, lanes, lanes)])
+        if pixels % lanes == 0:
+            sch.reorder(b, po, c, pi)
+            loops.append((sch.fuse(b, po), pi))
+        else:
+            co, ci = sch.split(c, [None, _vector(wl.out_channels, lanes, lanes)])
+            sch.reorder(b, co, po, pi, ci)
+            loops.append((sch.fuse(b, co), ci))
     for outer, vector in loops:
         if parallel:
             sch.parallel(outer)
         sch.vectorize(vector)
+
+
+def _stores_transposed(wl: Workload, target: Target) -> bool:
+    """Whether an NCHW separable computed in NHWC has its GEMM store its result in NCHW: where
+    the result is larger than a core's L2 (`Backend.core_cache_bytes`). A transpose apart would
+    then write the NHWC result through to L3 or memory and read it back; a tile's stores lane
+    by lane measured faster than that, and slower than a transpose of a result in L2."""
+    result_bytes = math.prod(wl.output_shape) * tvm.DataType(wl.dtype).bits // 8
+    return wl.op == "separable" and result_bytes > BACKENDS["llvm"].core_cache_bytes(target)
 
 
 def _schedule_chunked(sch: s_tir.Schedule, wl: Workload, target: Target, rows: int,

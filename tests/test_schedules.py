@@ -100,7 +100,10 @@ SEPARABLE = [(name, wl) for name, wl in matrix() if wl.op == "separable" and wl.
     # NCHW, computed in NHWC between two transposes (`llvm.compute_layout`): its spaces are NHWC's.
     ("b2-7x24x1-s1-SAME-o40-bias-relu-NCHW-float32",
      separable_workload((2, 24, 7, 7), "float32", (3, 3, 24, 1), "float32", (1, 1, 24, 40), "float32",
-                        [1, 1, 1, 1], "SAME", data_format="NCHW", bias=((40,), "float32"), activation="relu"))]
+                        [1, 1, 1, 1], "SAME", data_format="NCHW", bias=((40,), "float32"), activation="relu")),
+    ("b1-64x16x1-s1-SAME-o80-bias-relu-NCHW-float32",  # its GEMM stores in NCHW (`llvm._stores_transposed`)
+     separable_workload((1, 16, 64, 64), "float32", (3, 3, 16, 1), "float32", (1, 1, 16, 80), "float32",
+                        [1, 1, 1, 1], "SAME", data_format="NCHW", bias=((80,), "float32"), activation="relu"))]
 ROW_BLOCKED = [(name, wl) for name, wl in matrix()
                if wl.op == "depthwise" and wl.layout == "NHWC" and len(_spaces(wl)) == 2] + [
     ("b2-12x6x2-s1-SAME-r2-bias-relu6-NHWC-float32",
@@ -484,6 +487,22 @@ def test_an_nchw_call_is_computed_in_nhwc_where_the_nchw_nest_would_be_narrow(op
     assert llvm.compute_layout(wl, target) == layout
     script = build.workload_module(wl, target).script()
     assert ('"input_nhwc"' in script and '"output_nchw"' in script) == (layout == "NHWC")
+
+
+@pytest.mark.parametrize("size, dtype, epilogue", [(64, "float32", True), (96, "float16", False)])
+def test_an_nchw_separable_larger_than_an_l2_stores_its_result_transposed(size, dtype, epilogue, rng):
+    """Where an NCHW separable's result outgrows a core's L2, its GEMM tiles store straight into
+    the NCHW output (`llvm._stores_transposed`), through an epilogue or float16's cast: no
+    transpose stage remains, and the result is the reference's."""
+    options = dict(bias=((80,), dtype), activation="relu") if epilogue else {}
+    wl = separable_workload((1, 16, size, size), dtype, (3, 3, 16, 1), dtype, (1, 1, 16, 80), dtype, [1, 1, 1, 1],
+                            "SAME", data_format="NCHW", **options)
+    assert llvm._stores_transposed(wl, TARGET)
+    assert 'T.sblock("output_nchw")' not in build.hand_schedule(wl, TARGET).mod.script()
+    arrays = [rng.standard_normal(shape).astype(dtype) for shape in wl.arg_shapes]
+    out = np.full(wl.output_shape, np.nan, dtype)
+    Kernel(wl, build.compile_module(wl, TARGET).mod["main"], "test").run(arrays, out)
+    assert_close(out, reference_for(wl, arrays), dtype)
 
 
 @pytest.mark.parametrize("op, size, channels, multiplier, dtype, stride, padding, epilogue", [

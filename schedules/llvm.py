@@ -149,6 +149,9 @@ DEPTHWISE_ROW_BLOCK = 4
 # holds where the tile's weight panel outgrows half the L1 (`_gemm_rows`).
 GEMM_ROWS = 8
 GEMM_VECTORS = 2
+# An NCHW result's transpose takes its vectors along the pixels, the last one a tail, where a
+# plane holds this many vectors or more (`_transposes`).
+TAILED_TRANSPOSE_VECTORS = 16
 # Waking the thread pool costs ~5 us; below this much work one core is faster (`_work`).
 PARALLEL_MIN_WORK = 500_000
 # A byte of input or result counts as this much work beside a FLOP (`_work`).
@@ -351,10 +354,12 @@ def _transposes(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
 
     Each vector is written whole and read as a gather, from lines that the next vectors read
     too. The input's vectors run along its channels, a row of the output at a time (rows in
-    parallel, each core writing its own). The output's run along the pixels, flattened, where
-    those are a multiple of the register (every channel of a block of pixels in turn, so that
-    the block's lines of the NHWC result are read once); elsewhere (7x7) along the channels,
-    each core writing its own channels, as cores writing one line would take it in turns.
+    parallel, each core writing its own). The output's run along the pixels, flattened (every
+    channel of a block of pixels in turn, so that the block's lines of the NHWC result are read
+    once), where those are a multiple of the register or make TAILED_TRANSPOSE_VECTORS of them
+    or more (19x19: the last vector a tail, which the compiler splits off, interior.py); on
+    fewer (7x7, 14x14) a tail measured slower than vectors along the channels, each core then
+    writing its own channels, as cores writing one line would take it in turns.
     A separable's result larger than a core's L2 is not transposed apart: its GEMM tiles store
     their vectors of channels straight into the NCHW output, each lane to its own channel
     (`_stores_transposed`)."""
@@ -369,14 +374,14 @@ def _transposes(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
         sch.reverse_compute_inline(sch.get_sblock("output_nchw"))
     else:
         b, c, i, j = sch.get_loops(sch.get_sblock("output_nchw"))
-        pixels = wl.out_height * wl.out_width
-        po, pi = sch.split(sch.fuse(i, j), [None, _vector(pixels, lanes, lanes)])
-        if pixels % lanes == 0:
+        pixels, p = wl.out_height * wl.out_width, sch.fuse(i, j)
+        if pixels % lanes == 0 or pixels >= TAILED_TRANSPOSE_VECTORS * lanes:
+            po, pi = sch.split(p, [None, lanes])
             sch.reorder(b, po, c, pi)
             loops.append((sch.fuse(b, po), pi))
         else:
             co, ci = sch.split(c, [None, _vector(wl.out_channels, lanes, lanes)])
-            sch.reorder(b, co, po, pi, ci)
+            sch.reorder(b, co, p, ci)
             loops.append((sch.fuse(b, co), ci))
     for outer, vector in loops:
         if parallel:

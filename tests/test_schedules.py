@@ -510,7 +510,7 @@ def test_an_nchw_separable_larger_than_an_l2_stores_its_result_transposed(size, 
     ("separable", 8, 24, 2, "float16", 1, "SAME", False),    # 64 pixels: along the pixels; float16's cast
     ("separable", 14, 11, 1, "float64", 2, "VALID", False),  # channels no vector divides
     ("depthwise", 7, 96, 1, "float32", 1, "SAME", True),
-    ("depthwise", 19, 20, 2, "float64", 1, "SAME", False),   # a multiplier, 361 pixels
+    ("depthwise", 19, 20, 2, "float64", 1, "SAME", False),   # a multiplier; 361 pixels: vectors along them, a tail
     ("depthwise", 16, 48, 1, "float16", 2, "VALID", True),
 ])
 def test_nchw_calls_computed_in_nhwc_match_the_reference(op, size, channels, multiplier, dtype, stride, padding,

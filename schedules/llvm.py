@@ -359,7 +359,9 @@ def _transposes(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
     once), where those are a multiple of the register or make TAILED_TRANSPOSE_VECTORS of them
     or more (19x19: the last vector a tail, which the compiler splits off, interior.py); on
     fewer (7x7, 14x14) a tail measured slower than vectors along the channels, each core then
-    writing its own channels, as cores writing one line would take it in turns.
+    writing its own channels, as cores writing one line would take it in turns, for a block of
+    pixels at a time (4 of 196), whose stores to each plane then follow one another in a line:
+    one pixel at a time measured slower.
     A separable's result larger than a core's L2 is not transposed apart: its GEMM tiles store
     their vectors of channels straight into the NCHW output, each lane to its own channel
     (`_stores_transposed`)."""
@@ -381,7 +383,8 @@ def _transposes(sch: s_tir.Schedule, wl: Workload, target: Target) -> None:
             loops.append((sch.fuse(b, po), pi))
         else:
             co, ci = sch.split(c, [None, _vector(wl.out_channels, lanes, lanes)])
-            sch.reorder(b, co, p, ci)
+            po, pi = sch.split(p, [None, _vector(pixels, lanes, lanes)])
+            sch.reorder(b, co, po, pi, ci)
             loops.append((sch.fuse(b, co), ci))
     for outer, vector in loops:
         if parallel:

@@ -284,9 +284,9 @@ def design_spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_t
 
 
 def _spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_tir.Schedule]:
-    """The tuning spaces, the hand-written schedule first: its knobs and, for NHWC
-    separable, the other of its two structures: the fused one, where each output
-    row's depthwise result is computed into a one-row buffer (in L1/L2) right before
+    """The tuning spaces, the hand-written schedule first: its knobs and, for a separable
+    (computed in NHWC: `compute_layout`), the other of its two structures: the fused one,
+    where each output row's depthwise result is computed into a one-row buffer (in L1/L2) right before
     the pointwise GEMM consumes it, so the intermediate tensor never goes to memory,
     or the two stages where the hand-written schedule fuses (`_fuses_rows`). Whether
     fusing pays depends on the shape and the core (it re-reads the pointwise weights
@@ -296,9 +296,9 @@ def _spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_tir.Sch
     schedule reading them in place is a space too: which is faster depends on
     how fast the core retires the tile's FMAs, which no target names."""
     spaces = [sch]
-    separable_nhwc = wl.op == "separable" and wl.layout == "NHWC"
-    fused_hand = separable_nhwc and _chunk_rows(wl, target, vector_lanes(target, accumulation_dtype(wl.dtype))) == 1
-    if separable_nhwc:
+    separable = wl.op == "separable"
+    fused_hand = separable and _chunk_rows(wl, target, vector_lanes(target, accumulation_dtype(wl.dtype))) == 1
+    if separable:
         other = sch.copy()
         _schedule(other, wl, target, weights_in_place=False, chunk_rows=0 if fused_hand else 1)
         spaces.append(other)
@@ -307,7 +307,7 @@ def _spaces(sch: s_tir.Schedule, wl: Workload, target: Target) -> list[s_tir.Sch
         blocked = sch.copy()
         _depthwise(blocked, wl, target, _parallel(wl, target), row_blocks=row_blocks)
         spaces.append(blocked)
-    in_place = sch.copy() if separable_nhwc else None
+    in_place = sch.copy() if separable else None
     _schedule(sch, wl, target, weights_in_place=False)
     if in_place is not None:
         _schedule(in_place, wl, target, weights_in_place=True, chunk_rows=0 if fused_hand else None)
@@ -419,7 +419,7 @@ def _chunk_rows(wl: Workload, target: Target, lanes: int) -> int:
     intermediate exceeds its L2, chunks inside one image (a divisor of the height) that
     split evenly over the cores, the largest that fits `CHUNK_BYTES`, as fewer chunks
     re-read the weights less. A padded GEMM keeps its two stages."""
-    if wl.op != "separable" or wl.layout != "NHWC" or not _parallel(wl, target) or _pads_gemm(wl, target, lanes):
+    if wl.op != "separable" or not _parallel(wl, target) or _pads_gemm(wl, target, lanes):
         return 0
     if _fuses_rows(wl, target, lanes):
         return 1

@@ -33,16 +33,19 @@ each layer: what tvmsep's call achieves against this machine's peaks
 
 Layers: the public list (MobileNetV1, MobileNetV2, batch 8, rate 2,
 multiplier 2), layers of other networks that were never tuned (`unseen`),
-and an 8x8x8 layer whose time is almost all per-call overhead.
+and an 8x8x8 layer whose time is almost all per-call overhead. With
+`--layers other`, instead, layers of real networks in neither list
+(other_layers.py), to check that the speed carries over to layers nobody listed.
 
     python benchmarks/peers.py [--repeats 200] [--threads 2] [--only v1_03,v2_01] [--epilogue] [--no-tf]
+                               [--layers listed|other]
 
 With `--epilogue` every implementation computes relu6(conv + bias), as a
 MobileNet block does: tvmsep with its fused epilogue (`bias=`, `activation=`),
 ONNX Runtime with the bias in its Conv and a Clip after it (which its graph
 optimizer fuses), the others as their users write it.
 
-Writes benchmarks/results/cpu-<mcpu>[-epilogue].md and a plot of the ratios
+Writes benchmarks/results/cpu-<mcpu>[-other][-epilogue].md and a plot of the ratios
 beside it (.png), and prints the table.
 """
 
@@ -76,6 +79,7 @@ from tvmsep.target import host_target
 from tvmsep.verdicts import log_folders, read_verdicts, target_folder_name
 
 from alignment import array_at
+from other_layers import OTHER_LAYERS
 from limits import (WholeCores, compulsory_bytes, copy_bandwidth_gbs, fma_peak_gflops, median_ms_in_turns,
                     wait_until_quiet)
 
@@ -100,7 +104,8 @@ OFF_LINE_BYTES = 16
 ATTEMPTS = 4
 TINY = Layer("tiny_8x8x8", 1, 8, 8, 1, 8)  # a kernel of well under a microsecond: the call is the cost
 GROUPS = {"v1": "MobileNetV1", "v2": "MobileNetV2", "extra": "batch 8 / rate 2 / multiplier 2",
-          "unseen": "other networks, never tuned", "tiny": "8x8x8, per-call overhead"}
+          "unseen": "other networks, never tuned", "tiny": "8x8x8, per-call overhead",
+          "other": "real networks' layers in neither list"}
 
 
 def _nchw_filter(layer: Layer, f: np.ndarray) -> np.ndarray:
@@ -334,6 +339,8 @@ def _group(layer: Layer) -> str:
         return layer.name[:2]
     if layer == TINY:
         return "tiny"
+    if layer in OTHER_LAYERS:
+        return "other"
     return "unseen" if layer in network("unseen") else "extra"
 
 
@@ -411,7 +418,7 @@ class _LibraryProcess:
     def __init__(self, library: str, args) -> None:
         self.library = library
         command = [sys.executable, __file__, "--serve", library, "--threads", str(args.threads), "--only", args.only,
-                   "--repeats", str(args.repeats)]
+                   "--repeats", str(args.repeats), "--layers", args.layers]
         self._process = subprocess.Popen(command + (["--epilogue"] if args.epilogue else []), text=True,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
@@ -530,11 +537,13 @@ def main() -> int:
     parser.add_argument("--tf", action=argparse.BooleanOptionalAction, default=True,
                         help="include TensorFlow (eager) as a peer")
     parser.add_argument("--epilogue", action="store_true", help="every implementation computes relu6(conv + bias)")
+    parser.add_argument("--layers", choices=["listed", "other"], default="listed",
+                        help="the project's lists and the 8x8x8 layer, or real networks' layers in neither list")
     parser.add_argument("--serve", choices=list(LIBRARIES), help=argparse.SUPPRESS)  # a _LibraryProcess
     args = parser.parse_args()
 
-    layers = [layer for layer in network("public") + network("unseen") + [TINY]
-              if not args.only or layer.name in args.only.split(",")]
+    listed = network("public") + network("unseen") + [TINY] if args.layers == "listed" else OTHER_LAYERS
+    layers = [layer for layer in listed if not args.only or layer.name in args.only.split(",")]
     if args.serve:
         return _serve(args.serve, layers, args)
     libraries = [library for library in LIBRARIES if args.tf or library != "tf"]
@@ -640,7 +649,7 @@ def main() -> int:
               "the copy bandwidth, which is measured on 512 MiB)", ""]
     report = "\n".join(header + lines + summary) + "\n"
     print("\n".join(lines + summary))
-    suffix = "-epilogue" if args.epilogue else ""
+    suffix = ("-other" if args.layers == "other" else "") + ("-epilogue" if args.epilogue else "")
     output = args.output or Path(__file__).parent / "results" / f"cpu-{host_target().attrs['mcpu']}{suffix}.md"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(report)

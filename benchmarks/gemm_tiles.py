@@ -22,17 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tvmsep import build
 from tvmsep.backends import BACKENDS
 from tvmsep.networks import network
-from tvmsep.reference import reference_for
-from tvmsep.spec import Workload
 from tvmsep.target import host_target
 
-from alignment import array_at
-from limits import median_ms_in_turns
 import report
-from variants import variant_calls
+from variants import rule_changes, time_rule
 
 KINDS = ("tall", "gemm_rows")
 
@@ -48,22 +43,6 @@ def _without_the_rule():
         del backend.l1_bytes
 
 
-def _changed(wl: Workload) -> bool:
-    """Whether the rule changes `wl`'s hand-written schedule on this CPU."""
-    target = host_target()
-    tall = str(build.hand_schedule(wl, target).trace)
-    with _without_the_rule():
-        return str(build.hand_schedule(wl, target).trace) != tall
-
-
-def time_layer(wl: Workload, rng: np.random.Generator) -> dict[str, float]:
-    """Median microseconds of each of KINDS for `wl`, on the same values, taking turns."""
-    arrays = [array_at(rng.standard_normal(shape, dtype=np.float32), 0) for shape in wl.arg_shapes]
-    calls, _keep = variant_calls(wl, arrays, reference_for(wl, arrays),
-                                 {"tall": contextlib.nullcontext(), "gemm_rows": _without_the_rule()}, wl.describe())
-    return {kind: ms * 1e3 for kind, ms in median_ms_in_turns(calls, 400).items()}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", help="comma-separated layer names (default: every layer the rule changes)")
@@ -74,7 +53,7 @@ def main() -> int:
     workloads = {}
     for name in names:
         wl = layers[name].workload("separable")
-        if args.layers or _changed(wl):
+        if args.layers or rule_changes(wl, _without_the_rule):
             workloads.setdefault(wl, name)  # the five V1 14x14x512 layers are one workload
     rng = np.random.default_rng(0)
     mcpu = host_target().attrs["mcpu"]
@@ -86,7 +65,7 @@ def main() -> int:
              "25 calls, in a random order each round, the first 5 of a block not counted", "",
              "| layer | shape | tall | gemm_rows | gemm_rows / tall |", "|---|---|---|---|---|"]
     for wl, name in workloads.items():
-        us = time_layer(wl, rng)
+        us = time_rule(wl, rng, KINDS, _without_the_rule)
         print(name, " ".join(f"{kind} {us[kind]:.1f}" for kind in KINDS), flush=True)
         lines.append(f"| {name} | {wl.describe()} | {us['tall']:.1f} | {us['gemm_rows']:.1f} | "
                      f"{us['gemm_rows'] / us['tall']:.2f}x |")

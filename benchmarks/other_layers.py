@@ -2,9 +2,12 @@
 
 The schedules are rules over shapes, not a table of the listed layers, so their speed should
 carry over to layers nobody listed. `peers.py --layers other` measures that on these: depthwise
-and projection layers of MobileNetV3, EfficientNet-B0, Keras' MobileNetV2 (VALID padding after
-explicit zero-padding), Xception, ConvNeXt-T and DeepLabV3 (dilated), and narrow channel counts
-that no SIMD vector divides. None of them was tuned or looked at when the schedules were written.
+and projection layers of MobileNetV1 at smaller inputs, MobileNetV3, EfficientNet-B0, Keras'
+MobileNetV2 (VALID padding after explicit zero-padding), Xception, ConvNeXt-T and DeepLabV3
+(dilated), and narrow channel counts that no SIMD vector divides. None of them was tuned. The
+rule that a GEMM copying weights many times its intermediate copies each panel once
+(schedules/llvm.py) was found on the Xception and MobileNetV1 ones (benchmarks/panel_outer.py);
+no other rule was written with these in view.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ from tvmsep.networks import Layer
 # Layer(name, batch, input size, channels, stride, pointwise output channels, ...): the depthwise
 # stage of the block, and its projection as the separable's pointwise.
 OTHER_LAYERS = [
+    # MobileNetV1 at the smaller inputs it ships for, 192x192 and 128x128
+    Layer("mnv1_192_12x512", 1, 12, 512, 1, 512),
+    Layer("mnv1_192_6x1024", 1, 6, 1024, 1, 1024),
+    Layer("mnv1_128_4x1024", 1, 4, 1024, 1, 1024),
     # MobileNetV3-Large, 224x224 input
     Layer("mnv3l_112x16", 1, 112, 16, 1, 16),
     Layer("mnv3l_112x64_s2", 1, 112, 64, 2, 24),
@@ -43,6 +50,7 @@ OTHER_LAYERS = [
     Layer("xception_74x128", 1, 74, 128, 1, 256),
     Layer("xception_37x256", 1, 37, 256, 1, 728),
     Layer("xception_10x1024", 1, 10, 1024, 1, 1536),
+    Layer("xception_10x1536", 1, 10, 1536, 1, 2048),
     # ConvNeXt-T: a 7x7 depthwise, then the block's first pointwise (4x wider)
     Layer("convnext_28x192_k7", 1, 28, 192, 1, 768, kernel=7),
     Layer("convnext_14x384_k7", 1, 14, 384, 1, 1536, kernel=7),

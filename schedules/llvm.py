@@ -71,6 +71,10 @@ and the call's time then depends on how the pool's threads happen to be
 placed. When the rows do not split evenly but the GEMM's row tiles do
 (Xception's 19 rows of two tiles), the tiles are cut the same way; a chunk with a
 tail would put a bounds test in the GEMM's inner loop (`_pointwise_chunks`).
+But a GEMM that copies its weight panels copies every panel on each core there, so
+where the weights are many times the intermediate (a 10x10 output of 1024 channels),
+it keeps the panel loop outermost, split over the cores, each panel copied once
+(`_copies_each_panel_once`).
 
 When one core's share of the intermediate is larger than an L2 (8 x 56x56x128:
 6.4 MB), the GEMM would read it back from L3 once per panel. The depthwise is
@@ -165,6 +169,9 @@ CHUNK_BYTES = 256 << 10
 # rows a page or more apart leave the prefetchers behind (`_packs_panels`).
 ALIASING_STRIDE = 512
 PAGE_BYTES = 4096
+# A GEMM that copies its weight panels runs them outermost, each copied once, where the
+# weights are more than this many times the intermediate (`_copies_each_panel_once`).
+WEIGHTS_OVER_INTERMEDIATE = 8
 
 
 def vector_lanes(target: Target, dtype: str) -> int:
@@ -797,14 +804,16 @@ def _pointwise_nhwc(sch: s_tir.Schedule, block, wl: Workload, target: Target, la
     padded_weights = has_block(sch, "pointwise_filter_pad")
     pack = padded_weights or (_packs_panels(wl, chunk_rows) and not (weights_in_place or wl.pointwise_panel))
     inner = (c, ji, vec)
+    panels = int(sch.get(oo).extent)
     if chunk_rows:
         outer, tiles = _rows_of_a_chunk(sch, (b, i, jo, oo), inner, chunk_rows)
-    elif parallel and (chunking := _pointwise_chunks(wl, target, width // row_block))[0] > 1:
+    elif (parallel and (chunking := _pointwise_chunks(wl, target, width // row_block))[0] > 1
+          and not (pack and _copies_each_panel_once(wl, target, panels))):
         outer, tiles = _chunk_per_core(sch, (b, i, jo, oo), inner, *chunking)
     else:
         sch.reorder(oo, b, i, jo, *inner)
         # Packed, the panels alone are the parallel loop: only where they split evenly.
-        pack = pack and not (parallel and int(sch.get(oo).extent) % _cores(target))
+        pack = pack and not (parallel and panels % _cores(target))
         outer, tiles = (oo if pack else None), [b, i, jo]
     tile = sch.fuse(*tiles) if pack else sch.fuse(oo, *tiles)
     if pack:
@@ -812,6 +821,25 @@ def _pointwise_nhwc(sch: s_tir.Schedule, block, wl: Workload, target: Target, la
     elif padded_weights:
         _copy_whole(sch, sch.get_sblock("pointwise_filter_pad"), parallel)
     return (tile if outer is None else outer), tile, c, ji, vec
+
+
+def _copies_each_panel_once(wl: Workload, target: Target, panels: int) -> bool:
+    """Whether a GEMM that copies its weight panels (`_packs_panels`, or a padded GEMM's zero-padded
+    copy) runs them outermost, in parallel, rather than one chunk of rows per core with every
+    panel inside each (`_pointwise_chunks`): where the weights are more than
+    WEIGHTS_OVER_INTERMEDIATE times the intermediate, and the panels split evenly over the cores.
+
+    With a chunk of rows per core, every core copies every panel, so the whole weights are read
+    once per core, in the copy's strided reads, whose rows the prefetchers do not follow: each
+    waits on the lines it misses. Outermost, each panel is copied once, by the core that runs it,
+    which then reads all of the intermediate, half of it written by the other core's depthwise.
+    Where the weights are many times the intermediate (a 10x10 or 6x6 output of 1024 channels or
+    more), the copy saved outweighs the rows moved between the cores; where they are a few times
+    it, the two measured alike or by turns faster and slower, as the threads' placement decided."""
+    item = tvm.DataType(wl.dtype).bits // 8
+    weights = wl.mid_channels * wl.out_channels * item
+    intermediate = wl.batch * wl.out_height * wl.out_width * wl.mid_channels * item
+    return weights > WEIGHTS_OVER_INTERMEDIATE * intermediate and panels % _cores(target) == 0
 
 
 def _rows_of_a_chunk(sch: s_tir.Schedule, loops: tuple, inner: tuple, chunk_rows: int) -> tuple:

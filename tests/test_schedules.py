@@ -236,6 +236,38 @@ def test_pointwise_rows_are_chunked_per_core(cores, chunked):
         assert (f"T.parallel({cores})" in build.hand_schedule(wl, target).mod.script()) == expected, name
 
 
+def _square_separable(size: int, channels: int, outputs: int, dtype: str = "float32", epilogue: bool = False):
+    return separable_workload((1, size, size, channels), dtype, (3, 3, channels, 1), dtype, (1, 1, channels, outputs),
+                              dtype, [1, 1, 1, 1], "SAME", bias=((outputs,), dtype) if epilogue else None,
+                              activation="relu6" if epilogue else None)
+
+
+@pytest.mark.parametrize("size, channels, outputs, panel_outer", [
+    (6, 1024, 1024, True),  # 4 MiB of weights, 144 KiB of intermediate: MobileNetV1's last at 192x192
+    (10, 1024, 1536, True),  # Xception's exit flow
+    (14, 512, 512, False),  # 1 MiB and 392 KiB: a chunk of rows per core, as the depthwise wrote them
+])
+def test_a_gemm_copying_weights_many_times_its_intermediate_copies_each_panel_once(size, channels, outputs,
+                                                                                     panel_outer):
+    """Copied panel by panel (rows 2 KiB or more apart), weights many times the intermediate run
+    their panels outermost, split over the cores, each panel copied once
+    (`llvm._copies_each_panel_once`); the rows split evenly over the cores, so the weights of
+    a few times the intermediate keep one chunk of rows per core, each copying every panel."""
+    wl = _square_separable(size, channels, outputs)
+    script = build.hand_schedule(wl, STRUCTURE).mod.script()
+    assert "pointwise_filter_global" in script, "the panels are copied"
+    panels = outputs // (llvm.GEMM_VECTORS * llvm.vector_lanes(STRUCTURE, "float32"))
+    assert f"T.parallel({panels})" in script if panel_outer else "T.parallel(2)" in script
+
+
+@pytest.mark.parametrize("dtype, epilogue", [("float32", False), ("float16", True)])
+def test_a_gemm_copying_each_panel_once_matches_the_reference(dtype, epilogue, rng):
+    """4x4 pixels of 256 channels to 512: weights 32 times the intermediate, panels outermost."""
+    wl = _square_separable(4, 256, 512, dtype, epilogue)
+    assert llvm._copies_each_panel_once(wl, TARGET, 2 * llvm.vector_lanes(TARGET, "float32"))
+    _check(build.hand_schedule(wl, TARGET), wl, rng)
+
+
 @pytest.mark.parametrize("shape, strides, parallel", [
     ((1, 14, 14, 512), [1, 2, 2, 1], True),  # 0.45 MFLOP, but 0.5 MB moved: MobileNetV1's 14x14x512 s2
     ((1, 7, 7, 256), [1, 1, 1, 1], False),  # half the FLOPs, a fifth of the bytes

@@ -13,10 +13,8 @@ line, taking turns; medians in microseconds.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -83,11 +81,9 @@ def _off_line(values: list[np.ndarray], out_shape: tuple[int, ...]) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", default="v1_02,v1_04,v1_06,v1_07,v1_12,v1_13,v2_02,v2_04,v2_06,v2_10,"
-                                            "xception_19x728,effb0_14x672_k5")
+    parser = report.arguments(__doc__, "v1_02,v1_04,v1_06,v1_07,v1_12,v1_13,v2_02,v2_04,v2_06,v2_10,"
+                                       "xception_19x728,effb0_14x672_k5")
     parser.add_argument("--op", choices=("depthwise", "separable"), default="depthwise")
-    parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     rows = time_arrangements(args.layers.split(","), args.op, _off_line, 400)
     mcpu = host_target().attrs["mcpu"]

@@ -14,10 +14,8 @@ benchmarks/peers.py builds it), each checked against the float64 reference first
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -67,9 +65,7 @@ def time_layer(layer: Layer, op: str, rng: np.random.Generator) -> dict[str, flo
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", default=",".join(LAYERS))
-    parser.add_argument("--output", type=Path, default=None)
+    parser = report.arguments(__doc__, ",".join(LAYERS))
     args = parser.parse_args()
     peers._configure(["tvmsep", "litert"], 2)
     rng = np.random.default_rng(0)

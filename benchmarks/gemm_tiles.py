@@ -15,10 +15,8 @@ each checked against the float64 reference first.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -44,9 +42,7 @@ def _without_the_rule():
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", help="comma-separated layer names (default: every layer the rule changes)")
-    parser.add_argument("--output", type=Path, default=None)
+    parser = report.arguments(__doc__, None, "comma-separated layer names (default: every layer the rule changes)")
     args = parser.parse_args()
     layers = {layer.name: layer for layer in network("public") + network("unseen")}
     names = args.layers.split(",") if args.layers else list(layers)

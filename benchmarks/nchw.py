@@ -12,11 +12,9 @@ reference first.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -57,10 +55,8 @@ def time_layer(layer: Layer, op: str, rng: np.random.Generator) -> dict[str, flo
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", help="comma-separated layer names (default: the public and unseen lists)")
+    parser = report.arguments(__doc__, None, "comma-separated layer names (default: the public and unseen lists)")
     parser.add_argument("--ops", default="depthwise,separable")
-    parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     peers._configure(["tvmsep", "torch"], 2)
     layers = {layer.name: layer for layer in network("public") + network("unseen")}

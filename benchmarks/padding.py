@@ -21,11 +21,9 @@ own (two lines before it in a page: tvmsep/runtime.py).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import tvm
@@ -78,10 +76,8 @@ def _padded_layers() -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = report.arguments(__doc__, None, "comma-separated layer names (default: every padded one)")
     parser.add_argument("--target", default=None, help="a TVM target as JSON (default: this CPU)")
-    parser.add_argument("--layers", default=None, help="comma-separated layer names (default: every padded one)")
-    parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     target = resolve_target(json.loads(args.target)) if args.target else host_target()
     rows = measure(args.layers.split(",") if args.layers else _padded_layers(), target)

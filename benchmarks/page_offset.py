@@ -13,9 +13,7 @@ modulo a page), the distances taking turns; medians in microseconds.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -39,11 +37,9 @@ def _at_distances(values: list[np.ndarray], out_shape: tuple[int, ...]) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", default="v1_03,v1_05,v1_06,v1_07,v1_12,v1_13,v2_05,v2_09,v2_11,"
-                                            "xception_19x728,effb0_14x672_k5,convnext_7x768_k7")
+    parser = report.arguments(__doc__, "v1_03,v1_05,v1_06,v1_07,v1_12,v1_13,v2_05,v2_09,v2_11,"
+                                       "xception_19x728,effb0_14x672_k5,convnext_7x768_k7")
     parser.add_argument("--op", choices=("depthwise", "separable"), default="depthwise")
-    parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     rows = time_arrangements(args.layers.split(","), args.op, _at_distances, 200)
     mcpu = host_target().attrs["mcpu"]

@@ -17,10 +17,8 @@ the float64 reference first. `--mcpu` builds both for another x86 CPU whose code
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
-from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -43,10 +41,8 @@ def _without_the_rule() -> contextlib.AbstractContextManager:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", help="comma-separated layer names (default: every layer the rule changes)")
+    parser = report.arguments(__doc__, None, "comma-separated layer names (default: every layer the rule changes)")
     parser.add_argument("--mcpu", help="build for this x86 CPU instead of this one (its code must run here)")
-    parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     here = host_target()
     target = tvm.target.Target({**here.export(), "mcpu": args.mcpu}) if args.mcpu else here

@@ -4,11 +4,22 @@ so that every committed number says where and how it was measured."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def arguments(description: str, layers: str | None = None,
+              layers_help: str = "comma-separated layer names") -> argparse.ArgumentParser:
+    """A study's command line, to which the study adds its own options: `--layers` (default
+    `layers`) and `--output` (default: results/<study>-<mcpu>.md, as `write` names it)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", default=layers, help=layers_help)
+    parser.add_argument("--output", type=Path, default=None, help="the results file")
+    return parser
 
 
 def header(title: str) -> list[str]:

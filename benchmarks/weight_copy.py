@@ -23,10 +23,8 @@ the GEMM here is tvmsep's.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
-from pathlib import Path
 
 import numpy as np
 from tvm import s_tir, te
@@ -117,9 +115,7 @@ def time_layer(wl: Workload, rng: np.random.Generator) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", default="v1_12,v1_13,convnext_7x768_k7")
-    parser.add_argument("--output", type=Path, default=None)
+    parser = report.arguments(__doc__, "v1_12,v1_13,convnext_7x768_k7")
     args = parser.parse_args()
     layers = {layer.name: layer for layer in network("public") + network("unseen")}
     rng = np.random.default_rng(0)

@@ -779,8 +779,8 @@ def _pointwise(sch: s_tir.Schedule, wl: Workload, target: Target, lanes: int, pa
         block, store = accumulator(sch, "pointwise")
     else:
         block, store = sch.get_sblock("pointwise"), _pad_pointwise(sch, domain[1:])
-    outer, tile, c, ji, vec = _pointwise_nhwc(sch, block, wl, target, lanes, parallel, chunk_rows, domain,
-                                              weights_in_place)
+    outer, tile, c, ji, vec = _gemm_nest(sch, block, wl, target, lanes, parallel, chunk_rows, domain,
+                                         weights_in_place)
     if parallel:
         sch.parallel(outer)
     sch.vectorize(vec)
@@ -789,8 +789,8 @@ def _pointwise(sch: s_tir.Schedule, wl: Workload, target: Target, lanes: int, pa
     return outer
 
 
-def _pointwise_nhwc(sch: s_tir.Schedule, block, wl: Workload, target: Target, lanes: int, parallel: bool,
-                    chunk_rows: int, domain: tuple[int, int, int], weights_in_place: bool) -> tuple:
+def _gemm_nest(sch: s_tir.Schedule, block, wl: Workload, target: Target, lanes: int, parallel: bool,
+               chunk_rows: int, domain: tuple[int, int, int], weights_in_place: bool) -> tuple:
     """The NHWC GEMM's loop nest over `domain` (rows per tile, width, output channels):
     tiles of pixels x channel vectors, in one of four parallel structures (module
     docstring). Returns (parallel loop, tile loop, reduction, unrolled rows, vector)."""

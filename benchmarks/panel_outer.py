@@ -67,7 +67,7 @@ def main() -> int:
              "|---|---|---|---|---|---|"]
     for wl, name in workloads.items():
         us = time_rule(wl, rng, KINDS, _without_the_rule, target)
-        ratio = wl.mid_channels * wl.out_channels / (wl.batch * wl.out_height * wl.out_width * wl.mid_channels)
+        ratio = wl.out_channels / (wl.batch * wl.out_height * wl.out_width)  # [C*M, O] over [pixels, C*M]
         print(name, " ".join(f"{kind} {us[kind]:.1f}" for kind in KINDS), flush=True)
         lines.append(f"| {name} | {wl.describe()} | {ratio:.1f} | {us['panels']:.1f} | {us['chunks']:.1f} | "
                      f"{us['chunks'] / us['panels']:.2f}x |")

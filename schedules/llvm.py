@@ -835,11 +835,10 @@ def _copies_each_panel_once(wl: Workload, target: Target, panels: int) -> bool:
     which then reads all of the intermediate, half of it written by the other core's depthwise.
     Where the weights are many times the intermediate (a 10x10 or 6x6 output of 1024 channels or
     more), the copy saved outweighs the rows moved between the cores; where they are a few times
-    it, the two measured alike or by turns faster and slower, as the threads' placement decided."""
-    item = tvm.DataType(wl.dtype).bits // 8
-    weights = wl.mid_channels * wl.out_channels * item
-    intermediate = wl.batch * wl.out_height * wl.out_width * wl.mid_channels * item
-    return weights > WEIGHTS_OVER_INTERMEDIATE * intermediate and panels % _cores(target) == 0
+    it, the two measured alike or by turns faster and slower, as the threads' placement decided.
+    The weights are [C*M, O] and the intermediate [pixels, C*M], so their ratio is O / pixels."""
+    pixels = wl.batch * wl.out_height * wl.out_width
+    return wl.out_channels > WEIGHTS_OVER_INTERMEDIATE * pixels and panels % _cores(target) == 0
 
 
 def _rows_of_a_chunk(sch: s_tir.Schedule, loops: tuple, inner: tuple, chunk_rows: int) -> tuple:

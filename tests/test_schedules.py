@@ -12,6 +12,7 @@ from tvm.s_tir.schedule import Trace
 
 from tvmsep import build
 from tvmsep.matrix import matrix
+from tvmsep.networks import Layer, network
 from tvmsep.reference import reference_for
 from tvmsep.runtime import Kernel
 from tvmsep.schedules import llvm
@@ -237,9 +238,8 @@ def test_pointwise_rows_are_chunked_per_core(cores, chunked):
 
 
 def _square_separable(size: int, channels: int, outputs: int, dtype: str = "float32", epilogue: bool = False):
-    return separable_workload((1, size, size, channels), dtype, (3, 3, channels, 1), dtype, (1, 1, channels, outputs),
-                              dtype, [1, 1, 1, 1], "SAME", bias=((outputs,), dtype) if epilogue else None,
-                              activation="relu6" if epilogue else None)
+    layer = Layer("square", 1, size, channels, 1, outputs, dtype=dtype)
+    return layer.arguments("separable", bias=epilogue, activation="relu6" if epilogue else None).workload()
 
 
 @pytest.mark.parametrize("size, channels, outputs, panel_outer", [
@@ -425,7 +425,6 @@ def test_gemm_tiles_fit_the_16_registers_of_avx2(preset):
     selects take vector registers as masks there (AVX-512 keeps them in mask registers), and
     LLVM keeps the nine taps' weights in registers beside a block's accumulators."""
     from helpers.assembly import spilling_loops
-    from tvmsep.networks import network
     workloads = []
     for layer in network(preset):
         arguments = layer.arguments("separable")

@@ -79,9 +79,9 @@ from tvmsep.target import host_target
 from tvmsep.verdicts import log_folders, read_verdicts, target_folder_name
 
 from alignment import array_at
-from other_layers import OTHER_LAYERS
 from limits import (WholeCores, compulsory_bytes, copy_bandwidth_gbs, fma_peak_gflops, median_ms_in_turns,
                     wait_until_quiet)
+from other_layers import OTHER_LAYERS
 
 # Each library and the columns it times. A library's columns share its process when it runs alone.
 LIBRARIES = {"tvmsep": ("tvmsep", "tvmsep_out", "tvmsep_hand", "tvmsep_off_line", "tvmsep_layer"),
